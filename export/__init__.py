@@ -1,0 +1,1 @@
+"""clova_edge.export"""
