@@ -1,0 +1,116 @@
+"""Generation in three layers: token ids -> streamed text events with stats -> one string.
+
+`generate_tokens` prefills the new prompt tokens in one session run and then decodes one token per run, sampling
+each with the request's sampler; it knows nothing of text. `stream` turns those ids into text events (incremental
+UTF-8, stop strings held back so a partial stop string is never shown) with timing stats. `generate` joins the
+text. Chat turns (chat.py) call `stream` with the cache they keep across turns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .detokenizer import StreamingDetokenizer
+from .errors import PromptError
+from .model import KVCache, OnnxModel
+from .sampling import make_sampler, PenaltyState
+from .settings import GenerationSettings
+from .tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of a stream. `text` is the newly visible text (may be empty while UTF-8 or a possible stop
+    string is held back); the last event has `finish_reason` ("stop", "length" or "context") set."""
+
+    text: str
+    token_id: int | None
+    n_prompt: int
+    n_generated: int
+    ttft_s: float          # time to first token: prefill + first sample
+    prefill_tps: float     # prompt tokens per second in the prefill run
+    decode_tps: float      # generated tokens per second after the first
+    finish_reason: str | None = None
+    notice: str | None = None  # something the user should know, e.g. turns dropped to fit the context
+
+
+def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], settings: GenerationSettings, *,
+                    stop_ids: Iterable[int] = (), history: Iterable[int] = ()) -> Iterator[int]:
+    """Yield sampled ids. The prompt ids are added to `cache` (which may already hold `history`, e.g. earlier
+    chat turns); every yielded id but the last is fed back into the cache. Stops after a stop id, after
+    max_new_tokens, or when the cache is full (the caller sizes it; at most the context length)."""
+    if not prompt_ids:
+        raise PromptError("the prompt is empty: give at least one token")
+    if cache.length + len(prompt_ids) > cache.capacity:
+        raise PromptError(f"prompt of {len(prompt_ids)} tokens (+{cache.length} in the cache) does not fit the "
+                          f"cache of {cache.capacity}; the context is {model.config.context_length} tokens")
+    sample = make_sampler(settings)
+    seen = PenaltyState(model.config.vocab_size, [*history, *prompt_ids])  # HF's penalty covers the whole input
+    stop = frozenset(stop_ids)
+    logits = model.prefill(cache, np.asarray(prompt_ids, np.int64))
+    for i in range(settings.max_new_tokens):
+        token = sample(logits, seen.ids)
+        yield token
+        if token in stop or i + 1 == settings.max_new_tokens or cache.length >= cache.capacity:
+            return
+        seen.add(token)
+        logits = model.decode(cache, token)
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters of `text` could be the start of a stop string (so must not be shown yet)."""
+    keep = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), keep, -1):
+            if text.endswith(s[:n]):
+                keep = n
+                break
+    return keep
+
+
+def stream(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: list[int],
+           settings: GenerationSettings, *, stop_ids: Iterable[int] = (), stop_strings: Iterable[str] = (),
+           history: Iterable[int] = ()) -> Iterator[Event]:
+    """Text events for one generation; see Event. The final event carries the finish reason."""
+    stops = tuple(s for s in (*stop_strings, *settings.stop) if s)
+    stop_set = frozenset(stop_ids)
+    detok = StreamingDetokenizer(tokenizer, skip_special=True)
+    pending, n, reason, cut_by_string = "", 0, "length", False
+    t0 = time.perf_counter()
+    t_first = ttft = prefill_tps = 0.0
+
+    def event(text: str, token: int | None, finish: str | None = None) -> Event:
+        decode_tps = (n - 1) / (time.perf_counter() - t_first) if n > 1 else 0.0
+        return Event(text, token, len(prompt_ids), n, ttft, prefill_tps, decode_tps, finish)
+
+    for token in generate_tokens(model, cache, prompt_ids, settings, stop_ids=stop_set, history=history):
+        n += 1
+        if n == 1:
+            t_first = time.perf_counter()
+            ttft = t_first - t0
+            prefill_tps = len(prompt_ids) / ttft
+        if token in stop_set:
+            reason = "stop"
+            break
+        pending += detok.add(token)
+        hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
+        if hit >= 0:  # a stop string: show what came before it, never the string itself
+            yield event(pending[:hit], token)
+            reason, cut_by_string = "stop", True
+            break
+        cut = len(pending) - _held_back(pending, stops)
+        yield event(pending[:cut], token)
+        pending = pending[cut:]
+    # Whatever was held back (a possible stop string prefix, incomplete UTF-8) is shown unless a stop string cut it.
+    yield event("" if cut_by_string else pending + detok.finalize(), None, reason)
+
+
+def generate(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: list[int],
+             settings: GenerationSettings, *, stop_ids: Iterable[int] = (), stop_strings: Iterable[str] = ()) -> str:
+    """The whole answer as one string."""
+    events = stream(model, tokenizer, cache, prompt_ids, settings, stop_ids=stop_ids, stop_strings=stop_strings)
+    return "".join(e.text for e in events)
