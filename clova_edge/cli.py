@@ -1,0 +1,140 @@
+"""`clova-edge`: chat, generate, info, export, quantize, bench. The face of the product; logic lives below.
+
+Errors that clova-edge raises on purpose (ClovaEdgeError) are printed as one line with what to do, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from clova_edge.runtime.errors import ClovaEdgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Run HyperCLOVAX-SEED-Text-Instruct-0.5B (and other small Llama-style models) on CPU/ARM.")
+
+DEFAULT_MODEL_DIR = "models/hyperclovax-0.5b"   # where `make export` writes
+
+
+def model_dir(path: Optional[Path]) -> Path:
+    """The MODEL_DIR argument, else $CLOVA_EDGE_MODEL, else the folder `make export` writes."""
+    return Path(path or os.environ.get("CLOVA_EDGE_MODEL") or DEFAULT_MODEL_DIR)
+
+
+ModelArg = typer.Argument(None, help=f"Exported model folder [default: $CLOVA_EDGE_MODEL or {DEFAULT_MODEL_DIR}]")
+Variant = typer.Option(None, "--variant", help="int4 | int8 | fp32 [default: the smallest exported, int4]")
+Threads = typer.Option(None, "--threads", help="onnxruntime threads [default: the CPU cores available]")
+MaxNew = typer.Option(None, "--max-new-tokens", help="tokens to generate at most [default: 512]")
+Temp = typer.Option(None, "--temperature", help="0 = greedy [default: manifest, else 0]")
+TopK = typer.Option(None, "--top-k", help="keep the k most likely tokens, 0 = off")
+TopP = typer.Option(None, "--top-p", help="nucleus sampling mass in (0, 1], 1 = off")
+MinP = typer.Option(None, "--min-p", help="drop tokens below min_p x the top probability, 0 = off")
+RepPen = typer.Option(None, "--repetition-penalty", help="1 = off [default: manifest, 1.2 for HyperCLOVAX]")
+Seed = typer.Option(None, "--seed", help="seed for sampling (same seed, same answer)")
+Stop = typer.Option(None, "--stop", help="extra stop string (repeatable)")
+
+
+def _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
+    return engine.default_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
+                                   stop=tuple(stop) if stop else None)
+
+
+def _load(model: Optional[Path], variant: Optional[str], threads: Optional[int]):
+    from clova_edge.runtime.engine import Engine
+    return Engine.load(model_dir(model), variant=variant, threads=threads)
+
+
+@app.command()
+def chat(model: Optional[Path] = ModelArg, variant: Optional[str] = Variant, threads: Optional[int] = Threads,
+         system: Optional[str] = typer.Option(None, "--system", help="system prompt [default: the model's own]"),
+         json_out: bool = typer.Option(False, "--json", help="not a terminal: print one JSON object"),
+         max_new_tokens: Optional[int] = MaxNew, temperature: Optional[float] = Temp, top_k: Optional[int] = TopK,
+         top_p: Optional[float] = TopP, min_p: Optional[float] = MinP, repetition_penalty: Optional[float] = RepPen,
+         seed: Optional[int] = Seed, stop: Optional[list[str]] = Stop) -> None:
+    """Chat interactively (in a terminal), or answer what stdin holds (in a pipe)."""
+    from clova_edge.repl import answer_once, run_repl
+    engine = _load(model, variant, threads)
+    settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
+    if sys.stdin.isatty() and not json_out:
+        run_repl(engine, settings, system)
+    else:
+        answer_once(engine, settings, sys.stdin.read(), system=system, json_out=json_out)
+
+
+@app.command()
+def generate(prompt: str = typer.Argument(..., help="the prompt (a user message; '-' reads stdin)"),
+             model: Optional[Path] = typer.Option(None, "--model", "-m", help="exported model folder"),
+             variant: Optional[str] = Variant, threads: Optional[int] = Threads,
+             system: Optional[str] = typer.Option(None, "--system", help="system prompt"),
+             raw: bool = typer.Option(False, "--raw", help="no chat template: continue the text as given"),
+             json_out: bool = typer.Option(False, "--json", help="print one JSON object with text and stats"),
+             max_new_tokens: Optional[int] = MaxNew, temperature: Optional[float] = Temp, top_k: Optional[int] = TopK,
+             top_p: Optional[float] = TopP, min_p: Optional[float] = MinP, repetition_penalty: Optional[float] = RepPen,
+             seed: Optional[int] = Seed, stop: Optional[list[str]] = Stop) -> None:
+    """Answer one prompt and print only the answer (pipe-friendly)."""
+    from clova_edge.repl import answer_once
+    engine = _load(model, variant, threads)
+    settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
+    text = sys.stdin.read() if prompt == "-" else prompt
+    answer_once(engine, settings, text, system=system, json_out=json_out, raw=raw)
+
+
+@app.command()
+def info(model: Optional[Path] = ModelArg) -> None:
+    """The model folder's manifest in human form: variants, sizes, quality, memory, verification."""
+    from clova_edge.runtime.manifest import load_manifest
+    from clova_edge.report import describe
+    typer.echo(describe(load_manifest(model_dir(model))))
+
+
+@app.command()
+def export(source: str = typer.Argument(..., help="Hugging Face id, local HF folder, or .gguf file"),
+           out: Path = typer.Argument(..., help="output model folder"),
+           force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
+           quantize: str = typer.Option("int8,int4", "--quantize", help="variants besides fp32 ('' for none)"),
+           context_length: Optional[int] = typer.Option(None, "--context-length", help="override the context")) -> None:
+    """Trace a Hugging Face model to a verified ONNX model folder (needs the [export] extra)."""
+    try:
+        from clova_edge.export.pipeline import export_model
+    except ImportError as e:
+        raise ClovaEdgeError(f"export needs the export extra ({e.name} missing): pip install 'clova-edge[export]'")
+    variants = tuple(v.strip() for v in quantize.split(",") if v.strip())
+    export_model(source, out, force=force, quantize=variants, context_length=context_length,
+                 progress=lambda msg: typer.echo(msg, err=True))
+
+
+@app.command()
+def quantize(model: Path = typer.Argument(..., help="exported model folder (with its fp32 variant)"),
+             bits: int = typer.Option(4, "--bits", help="4 or 8"),
+             block_size: int = typer.Option(32, "--block-size", help="weights per quantization block")) -> None:
+    """(Re-)quantize an exported folder to INT4 or INT8, with a quality report."""
+    try:
+        from clova_edge.quant import quantize_model_folder
+    except ImportError as e:
+        raise ClovaEdgeError(f"quantize needs the export extra ({e.name} missing): pip install 'clova-edge[export]'")
+    quantize_model_folder(model, bits=bits, block_size=block_size, progress=lambda m: typer.echo(m, err=True))
+
+
+@app.command()
+def bench(model: Optional[Path] = ModelArg, variant: Optional[str] = Variant, threads: Optional[int] = Threads,
+          prompt_tokens: int = typer.Option(512, "--prompt-tokens"), new_tokens: int = typer.Option(64, "--new-tokens"),
+          json_out: bool = typer.Option(False, "--json")) -> None:
+    """Time to first token, prefill and decode speed, memory and bandwidth of one model on this machine."""
+    from clova_edge.runtime.benchmark import run_quick_bench
+    result = run_quick_bench(model_dir(model), variant=variant, threads=threads, prompt_tokens=prompt_tokens,
+                             new_tokens=new_tokens)
+    typer.echo(json.dumps(result, indent=1) if json_out else "\n".join(f"{k:>22}: {v}" for k, v in result.items()))
+
+
+def main() -> None:
+    try:
+        app()
+    except ClovaEdgeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(2)

@@ -1,0 +1,116 @@
+"""The interactive chat loop and the one-shot (pipe) answer behind `clova-edge chat` / `generate`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+
+from clova_edge.runtime.engine import Engine
+from clova_edge.runtime.generate import Event
+from clova_edge.runtime.settings import GenerationSettings
+
+HELP = """commands: /reset (forget the conversation)  /system TEXT (new system prompt)  /stats  /help  /exit
+end a line with \\ to continue on the next line; Ctrl-C stops an answer, Ctrl-D leaves"""
+_WEEKDAYS = "월화수목금토일"
+
+
+def default_system(engine: Engine, today: dt.date | None = None) -> str | None:
+    """The model's default system prompt from the manifest ({today} becomes e.g. 2026년 11월 26일(목))."""
+    template = (engine.manifest.raw.get("chat") or {}).get("default_system")
+    if not template:
+        return None
+    d = today or dt.date.today()
+    return template.replace("{today}", f"{d.year}년 {d.month:02d}월 {d.day:02d}일({_WEEKDAYS[d.weekday()]})")
+
+
+def _stats_line(e: Event | None, in_context: int, ctx: int) -> str:
+    if e is None:
+        return f"context: {in_context}/{ctx} tokens; no answer yet"
+    return (f"context: {in_context}/{ctx} tokens | last turn: {e.n_prompt} new prompt tokens, {e.n_generated} "
+            f"generated, first token {e.ttft_s * 1000:.0f} ms, prefill {e.prefill_tps:.0f} tok/s, "
+            f"decode {e.decode_tps:.1f} tok/s ({e.finish_reason})")
+
+
+def _read_message() -> str:
+    """One message; a line ending in a backslash continues on the next line."""
+    lines = [input(">>> ")]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        lines.append(input("... "))
+    return "\n".join(lines)
+
+
+def run_repl(engine: Engine, settings: GenerationSettings, system: str | None) -> None:
+    try:
+        import readline  # noqa: F401  (line editing and history, wide characters included, where available)
+    except ImportError:
+        pass
+    session = engine.chat(system=system or default_system(engine), settings=settings)
+    ctx = engine.model.config.context_length
+    print(f"clova-edge chat: {engine.manifest.raw.get('source', {}).get('id', engine.manifest.folder)} "
+          f"({engine.model.variant.name}, {engine.model.threads} threads). /help for commands.", flush=True)
+    while True:
+        try:
+            text = _read_message()
+        except EOFError:
+            print()
+            return
+        except KeyboardInterrupt:
+            print()
+            continue
+        command, _, arg = text.strip().partition(" ")
+        if command in ("/exit", "/quit"):
+            return
+        if command == "/help":
+            print(HELP)
+        elif command == "/reset":
+            session.reset()
+            print("(conversation cleared)")
+        elif command == "/system":
+            session.set_system(arg.strip())
+            print("(system prompt set)")
+        elif command == "/stats":
+            print(_stats_line(session.last, session.tokens_in_context, ctx))
+        elif not text.strip():
+            continue
+        else:
+            _answer(session, text)
+
+
+def _answer(session, text: str) -> None:
+    events = session.send(text)
+    try:
+        for e in events:
+            if e.notice:
+                print(f"({e.notice})", file=sys.stderr, flush=True)
+            print(e.text, end="", flush=True)
+        print()
+    except KeyboardInterrupt:
+        events.close()  # the turn is kept as far as it went
+        print("\n(stopped)", flush=True)
+
+
+def answer_once(engine: Engine, settings: GenerationSettings, text: str, *, system: str | None = None,
+                json_out: bool = False, raw: bool = False) -> None:
+    """Print only the answer (streamed), or one JSON object with text, token ids, finish reason and stats."""
+    text = text.rstrip("\n")
+    prompt = text if raw else [*([{"role": "system", "content": system}] if system else []),
+                               {"role": "user", "content": text}]
+    parts, ids, last = [], [], None
+    for e in engine.stream(prompt, settings, chat_template=not raw):
+        if json_out:
+            parts.append(e.text)
+        else:
+            sys.stdout.write(e.text)
+            sys.stdout.flush()
+        if e.token_id is not None:
+            ids.append(e.token_id)
+        last = e
+    if json_out:
+        print(json.dumps({"text": "".join(parts), "tokens": ids, "finish_reason": last.finish_reason,
+                          "prompt_tokens": last.n_prompt, "generated_tokens": last.n_generated,
+                          "ttft_s": round(last.ttft_s, 4), "prefill_tps": round(last.prefill_tps, 2),
+                          "decode_tps": round(last.decode_tps, 2)}, ensure_ascii=False))
+    else:
+        print()
