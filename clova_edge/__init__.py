@@ -5,16 +5,28 @@
     for event in engine.stream("안녕하세요! 자기소개 해 주세요."):
         print(event.text, end="", flush=True)
 
-The public API is this module; everything here comes from clova_edge.runtime (no torch needed).
+The public API is this module; everything here comes from clova_edge.runtime (no torch needed). Names are
+imported on first use, so `import clova_edge` (and `clova-edge --help`) stays fast.
 """
 
-from clova_edge.runtime.chat import ChatSession
-from clova_edge.runtime.engine import Engine
-from clova_edge.runtime.errors import (ClovaEdgeError, ManifestError, PromptError, SettingsError,
-                                       TokenizerError)
-from clova_edge.runtime.generate import Event
-from clova_edge.runtime.settings import GenerationSettings
+from importlib import import_module
 
-__all__ = ["Engine", "ChatSession", "Event", "GenerationSettings", "ClovaEdgeError", "ManifestError",
-           "PromptError", "SettingsError", "TokenizerError"]
+_EXPORTS = {
+    "Engine": "clova_edge.runtime.engine",
+    "ChatSession": "clova_edge.runtime.chat",
+    "Event": "clova_edge.runtime.generate",
+    "GenerationSettings": "clova_edge.runtime.settings",
+    "ClovaEdgeError": "clova_edge.runtime.errors",
+    "ManifestError": "clova_edge.runtime.errors",
+    "PromptError": "clova_edge.runtime.errors",
+    "SettingsError": "clova_edge.runtime.errors",
+    "TokenizerError": "clova_edge.runtime.errors",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'clova_edge' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -146,11 +146,11 @@ class OnnxModel:
         io.bind_cpu_input(mf.TOTAL_SEQ_LEN, np.array(total, np.int32))
         index = np.arange(s, dtype=np.int64) if all_logits else np.array([s - 1], np.int64)
         io.bind_cpu_input(mf.LOGITS_INDEX, index)
+        io.bind_output(mf.LOGITS, "cpu")   # bound first: get_outputs() lists outputs in binding order
         self._bind_cache(io, cache)
-        io.bind_output(mf.LOGITS, "cpu")
         self.session.run_with_iobinding(io)
         cache.length = total
-        logits = io.get_outputs()[0].numpy()  # (1, L, V); outputs come back in binding order: logits first
+        logits = io.get_outputs()[0].numpy()  # (1, L, V)
         return logits[0] if all_logits else logits[0, -1]
 
     def decode(self, cache: KVCache, token: int) -> np.ndarray:
