@@ -1,0 +1,146 @@
+"""Quantization: primitives round trips, MatMulNBits / GatherBlockQuantized layouts checked against
+onnxruntime, the graph rewrite on a small hand-built graph, and bad-input errors. Folder-level runs on the
+exported tiny model and SmolLM2 (real weights) assert the quality bounds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from clova_edge.quant import primitives as P
+from clova_edge.quant.apply import plan_graph, quantize_model_folder, rewrite_model
+from clova_edge.runtime.errors import QuantizeError
+
+RNG = np.random.default_rng(0)
+
+
+def _weight(n: int, k: int) -> np.ndarray:
+    w = RNG.standard_normal((n, k)).astype(np.float32) * 0.05
+    w[RNG.random((n, k)) < 0.002] *= 20          # a few outliers, as real weights have
+    return w
+
+
+@pytest.mark.parametrize("bits,symmetric,method,bound", [
+    (4, True, "rtn", 0.14), (4, True, "search", 0.135), (4, False, "search", 0.10),
+    (8, True, "rtn", 0.01), (8, False, "search", 0.006), (2, False, "search", 0.34)])
+def test_round_trip_error_bounds(bits, symmetric, method, bound):
+    w = _weight(64, 200)                          # K=200: a padded last block
+    bq = P.quantize_blocks(w, bits, 32, symmetric=symmetric, method=method)
+    err = P.error_stats(w, P.dequantize_blocks(bq))
+    assert err["rel_rms_err"] < bound             # observed + ~10% on this seeded matrix
+    if method == "rtn":                           # round to nearest: no element is off by more than one step
+        d = np.abs(P.to_blocks(w, 32) - P.to_blocks(P.dequantize_blocks(bq), 32)).max(axis=2)
+        assert np.all(d <= np.abs(bq.scales) * 1.0001)
+    assert np.allclose(P.from_matmulnbits(P.to_matmulnbits(bq)), P.dequantize_blocks(bq))
+
+
+def test_search_beats_rtn_and_activation_weighting_helps_its_objective():
+    w = _weight(128, 256)
+    rtn = P.dequantize_blocks(P.quantize_blocks(w, 4, 32, method="rtn"))
+    srch = P.dequantize_blocks(P.quantize_blocks(w, 4, 32, method="search"))
+    assert np.square(srch - w).sum() < 0.97 * np.square(rtn - w).sum()   # observed 0.954
+    imp = np.exp(RNG.standard_normal(256) * 1.5).astype(np.float32)
+    act = P.dequantize_blocks(P.quantize_blocks(w, 4, 32, method="search", importance=imp))
+    assert (imp * np.square(act - w)).sum() < (imp * np.square(srch - w)).sum()
+
+
+def test_zero_block_and_pack_layout():
+    w = np.zeros((4, 64), np.float32)
+    bq = P.quantize_blocks(w, 4, 32)
+    assert np.all(np.abs(bq.scales) >= P.SCALE_EPS) and np.all(P.dequantize_blocks(bq) == 0)
+    codes = np.array([[1, 2, 3, 15]], np.uint8)
+    assert P.pack_bits(codes, 4).tolist() == [[0x21, 0xF3]]          # low nibble first
+    assert P.unpack_bits(P.pack_bits(codes, 4), 4, 4).tolist() == codes.tolist()
+    q, s = P.quantize_int8_per_channel(_weight(32, 16))
+    assert q.dtype == np.int8 and s.shape == (16,)
+
+
+def _toy_model(v: int = 96, h: int = 64, f: int = 128) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """input_ids -> Gather(E) -> MatMul(W1) -> Relu -> MatMul(W2) + x -> Gemm(transB=1, E): the exporter's
+    pattern (tied table shared by the embedding and the vocabulary projection)."""
+    w = {"emb": _weight(v, h), "w1": _weight(h, f), "w2": _weight(f, h)}
+    nodes = [
+        helper.make_node("Gather", ["emb", "input_ids"], ["x"], axis=0),
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["m"]),
+        helper.make_node("Add", ["m", "x"], ["y"]),
+        helper.make_node("Reshape", ["y", "flat"], ["y2"]),
+        helper.make_node("Gemm", ["y2", "emb"], ["logits"], transB=1),
+    ]
+    inits = [numpy_helper.from_array(a, k) for k, a in w.items()]
+    inits.append(numpy_helper.from_array(np.array([-1, h], np.int64), "flat"))
+    g = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "S"])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["S", v])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), w
+
+
+def _run(model: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input_ids": ids})[0]
+
+
+def _numpy_toy(w: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
+    x = w["emb"][ids[0]]
+    y = np.maximum(x @ w["w1"], 0) @ w["w2"] + x
+    return y @ w["emb"].T
+
+
+@pytest.mark.parametrize("bits,symmetric,lm_head", [(4, True, "int4"), (4, False, "int8"), (8, True, "int8"),
+                                                    (4, True, "fp32")])
+def test_rewrite_matches_numpy_dequantized_reference(bits, symmetric, lm_head):
+    model, w = _toy_model()
+    plan = plan_graph(model.graph)
+    assert len(plan.linears) == 3 and plan.table == "emb" and plan.lm_head.node.op_type == "Gemm"
+    q, stats = rewrite_model(model, bits, symmetric=symmetric, lm_head=lm_head, accuracy_level=0)
+    ops = [n.op_type for n in q.graph.node]
+    assert "MatMul" not in ops and ops.count("MatMulNBits") == (2 if lm_head == "fp32" else 3)
+    assert ("GatherBlockQuantized" in ops) == (lm_head != "fp32")
+    assert any(t.name == "emb" for t in q.graph.initializer) == (lm_head == "fp32")
+    # numpy reference from the stored codes: reproduces onnxruntime's kernels to float rounding
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    deq = {}
+    for n in q.graph.node:
+        if n.op_type == "MatMulNBits":
+            a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+            zp = inits[n.input[3]] if len(n.input) > 3 and n.input[3] else None
+            mw = P.MatMulNBitsWeights(inits[n.input[1]], inits[n.input[2]], zp, a["K"], a["N"], a["bits"],
+                                      a["block_size"])
+            deq[n.input[0]] = P.from_matmulnbits(mw)
+    wq = dict(w)
+    wq["w1"], wq["w2"] = deq["x"].T, deq["r"].T
+    if lm_head != "fp32":
+        wq["emb"] = deq["y2"]
+    ids = RNG.integers(0, 96, (1, 7)).astype(np.int64)
+    got = _run(q, ids)
+    assert np.abs(got - _numpy_toy(wq, ids)).max() < 1e-4
+    rel = np.abs(got - _numpy_toy(w, ids)).max() / np.abs(_numpy_toy(w, ids)).max()
+    assert rel < (0.25 if bits == 4 else 0.02)
+
+
+def test_rewrite_dynamic_int8_route_and_accuracy_level_4():
+    model, w = _toy_model()
+    q, _ = rewrite_model(model, 8, int8_route="dynamic", lm_head="int8")
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 2 and ops.count("MatMulNBits") == 1
+    ids = RNG.integers(0, 96, (1, 5)).astype(np.int64)
+    ref = _numpy_toy(w, ids)
+    assert np.abs(_run(q, ids) - ref).max() / np.abs(ref).max() < 0.03
+    q4, _ = rewrite_model(model, 4, accuracy_level=4)
+    assert np.abs(_run(q4, ids) - ref).max() / np.abs(ref).max() < 0.25
+
+
+def test_bad_inputs(tmp_path: Path):
+    with pytest.raises(QuantizeError, match="manifest"):
+        quantize_model_folder(tmp_path, 4)
+    with pytest.raises(QuantizeError, match="bits"):
+        quantize_model_folder(tmp_path, 3)
+    with pytest.raises(QuantizeError, match="lm_head"):
+        quantize_model_folder(tmp_path, 4, lm_head="int2")
