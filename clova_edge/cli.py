@@ -126,7 +126,7 @@ def bench(model: Optional[Path] = ModelArg, variant: Optional[str] = Variant, th
           prompt_tokens: int = typer.Option(512, "--prompt-tokens"), new_tokens: int = typer.Option(64, "--new-tokens"),
           json_out: bool = typer.Option(False, "--json")) -> None:
     """Time to first token, prefill and decode speed, memory and bandwidth of one model on this machine."""
-    from clova_edge.runtime.benchmark import run_quick_bench
+    from clova_edge.quickbench import run_quick_bench
     result = run_quick_bench(model_dir(model), variant=variant, threads=threads, prompt_tokens=prompt_tokens,
                              new_tokens=new_tokens)
     typer.echo(json.dumps(result, indent=1) if json_out else "\n".join(f"{k:>22}: {v}" for k, v in result.items()))
