@@ -1,0 +1,303 @@
+r"""Byte-level BPE tokenizer that reads a Hugging Face tokenizer.json and gives the ids `tokenizers` gives.
+
+encode(text) runs the same pipeline as `tokenizers`' `encode(text, add_special_tokens=False)`:
+  1. added tokens are cut out of the text, leftmost-longest (special ones only with allow_special=True);
+  2. every other piece goes through the pre-tokenizer steps (Split regexes, then ByteLevel);
+  3. the UTF-8 bytes of every pre-token are merged by BPE: lowest merge rank first, leftmost on ties
+     (results cached per pre-token in a bounded LRU).
+Supported: model BPE (no dropout, no byte_fallback, no subword prefix/suffix, optional ignore_merges), no
+normalizer, pre_tokenizer ByteLevel or a Sequence of Split steps ending in ByteLevel, decoder ByteLevel.
+Anything else raises TokenizerError naming the file and the field.
+
+Only the standard library and `regex`: the patterns are Oniguruma's (possessive quantifiers, \p{..} classes,
+set operations), which `re` cannot express; onig_regex.py translates them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import regex
+
+from .errors import TokenizerError
+from .onig_regex import translate_oniguruma
+
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+SPLIT_BEHAVIORS = ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous")
+_WORD_START = regex.compile(r"\w")
+_WORD_END = regex.compile(r"\w\Z")
+_SPACES_AT_END = regex.compile(r"\s*\Z")
+_SPACES_AT_START = regex.compile(r"\s*")
+CACHE_WORDS = 1 << 16
+
+Merges = Mapping[tuple[int, int], tuple[int, int]]  # (left id, right id) -> (rank, merged id)
+
+
+def byte_level_alphabet() -> tuple[str, ...]:
+    """GPT-2's table byte -> printable character (index = byte value)."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    others = iter(range(256, 512))
+    return tuple(chr(b) if b in printable else chr(next(others)) for b in range(256))
+
+
+def byte_level_decode(token: str, char_to_byte: Mapping[str, int]) -> bytes:
+    """The ByteLevel decoder on one token: its bytes, or its UTF-8 if any char is outside the table."""
+    try:
+        return bytes(char_to_byte[c] for c in token)
+    except KeyError:
+        return token.encode("utf-8")
+
+
+def bpe(ids: list[int], merges: Merges) -> list[int]:
+    """Merge adjacent ids, always the pair of lowest rank (leftmost on ties), until no pair merges."""
+    while len(ids) > 1:
+        best, rank = -1, None
+        for i, pair in enumerate(zip(ids, ids[1:])):
+            found = merges.get(pair)
+            if found is not None and (rank is None or found[0] < rank):
+                best, rank = i, found[0]
+        if rank is None:
+            break
+        ids[best : best + 2] = [merges[ids[best], ids[best + 1]][1]]
+    return ids
+
+
+def find_spans(pattern: regex.Pattern, text: str, invert: bool) -> list[tuple[int, int, bool]]:
+    """Cover text with (start, end, is_match) spans: the pattern's matches and the gaps between them."""
+    spans, pos = [], 0
+    for m in pattern.finditer(text):
+        start, end = m.span()
+        if start > pos:
+            spans.append((pos, start, invert))
+        spans.append((start, end, not invert))
+        pos = end
+    if pos < len(text):
+        spans.append((pos, len(text), invert))
+    return spans
+
+
+def split_text(pattern: regex.Pattern, text: str, behavior: str, invert: bool = False) -> list[str]:
+    """The Split pre-tokenizer: cut text where the pattern matches, keeping matches as `behavior` says."""
+    spans = find_spans(pattern, text, invert)
+    if behavior == "Removed":
+        return [text[s:e] for s, e, hit in spans if not hit and e > s]
+    if behavior == "MergedWithNext":
+        spans = [(-e, -s, hit) for s, e, hit in reversed(spans)]
+    merged: list[list[int]] = []
+    previous = False
+    for s, e, hit in spans:
+        glue = (hit == previous) if behavior == "Contiguous" else (hit and not previous)
+        if behavior != "Isolated" and glue and merged:
+            merged[-1][1] = e
+        else:
+            merged.append([s, e])
+        previous = hit
+    if behavior == "MergedWithNext":
+        merged = [[-e, -s] for s, e in reversed(merged)]
+    return [text[s:e] for s, e in merged if e > s]
+
+
+@dataclass(frozen=True)
+class AddedToken:
+    """One entry of tokenizer.json's added_tokens."""
+
+    id: int
+    content: str
+    special: bool = False
+    lstrip: bool = False
+    rstrip: bool = False
+    single_word: bool = False
+    normalized: bool = False
+
+
+def split_added(
+    text: str, matcher: regex.Pattern | None, tokens: Mapping[str, AddedToken], allow_special: bool
+) -> list[tuple[str, AddedToken | None]]:
+    """Cut added tokens out of text as `tokenizers` does: leftmost-longest, honouring the token flags."""
+    if matcher is None:
+        return [(text, None)]
+    out: list[tuple[str, AddedToken | None]] = []
+    done = 0
+    for m in matcher.finditer(text):
+        token, (start, stop) = tokens[m.group()], m.span()
+        if token.special and not allow_special:
+            continue
+        if token.single_word and (
+            (start > 0 and _WORD_END.search(text, 0, start)) or _WORD_START.match(text, stop)
+        ):
+            continue
+        if token.lstrip:
+            start = max(_SPACES_AT_END.search(text, 0, start).start(), done)
+        if token.rstrip:
+            stop = _SPACES_AT_START.match(text, stop).end()
+        if done < start:
+            out.append((text[done:start], None))
+        out.append((text[start:stop], token))
+        done = stop
+    if done < len(text):
+        out.append((text[done:], None))
+    return out
+
+
+def _added_matcher(tokens: Iterable[AddedToken]) -> regex.Pattern | None:
+    contents = sorted({t.content for t in tokens if t.content}, key=len, reverse=True)
+    return regex.compile("|".join(regex.escape(c) for c in contents)) if contents else None
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer; build it with Tokenizer.from_file(path to tokenizer.json)."""
+
+    def __init__(
+        self,
+        *,
+        vocab: Mapping[str, int],
+        merges: Sequence[tuple[str, str]],
+        added: Sequence[AddedToken],
+        pre_steps: Sequence[Callable[[str], list[str]]],
+        ignore_merges: bool = False,
+        source: str = "tokenizer.json",
+    ):
+        alphabet = byte_level_alphabet()
+        char_to_byte = {c: b for b, c in enumerate(alphabet)}
+        missing = [b for b, c in enumerate(alphabet) if c not in vocab]
+        if missing:
+            raise TokenizerError(f"{source}: the BPE vocab lacks {len(missing)} of the 256 byte tokens "
+                                 f"(e.g. byte {missing[0]}); only complete byte-level vocabularies are supported")
+        self._byte_ids = tuple(vocab[c] for c in alphabet)
+        self._merges = _merge_table(vocab, merges, source)
+        self._added = {t.content: t for t in added}
+        self._raw_matcher = _added_matcher(t for t in added if not t.normalized)
+        self._normalized_matcher = _added_matcher(t for t in added if t.normalized)
+        self._steps = tuple(pre_steps)
+        self.vocab_size = 1 + max([*vocab.values(), *(t.id for t in added)])
+        table: list[bytes] = [b""] * self.vocab_size
+        for token, i in vocab.items():
+            table[i] = byte_level_decode(token, char_to_byte)
+        whole = ({table[i]: i for t, i in vocab.items() if all(c in char_to_byte for c in t)}
+                 if ignore_merges else {})
+        for t in added:
+            table[t.id] = byte_level_decode(t.content, char_to_byte)
+        self._bytes = tuple(table)
+        self._vocab = dict(vocab)
+        self.special_tokens: dict[str, int] = {t.content: t.id for t in added if t.special}
+        self._special_ids = frozenset(self.special_tokens.values())
+        self._word = functools.lru_cache(maxsize=CACHE_WORDS)(functools.partial(self._bpe_word, whole))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        """Read a tokenizer.json; TokenizerError if it is unreadable or uses an unsupported feature."""
+        path = Path(path)
+        try:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TokenizerError(f"{path}: cannot read tokenizer.json ({e})") from e
+        return from_spec(spec, str(path))
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """Token ids of text; special-token strings in it are plain text unless allow_special."""
+        ids: list[int] = []
+        word = self._word
+        for raw, token in split_added(text, self._raw_matcher, self._added, allow_special):
+            if token is not None:
+                ids.append(token.id)
+                continue
+            for piece, token in split_added(raw, self._normalized_matcher, self._added, allow_special):
+                if token is not None:
+                    ids.append(token.id)
+                    continue
+                for pre in self._pretokenize(piece):
+                    ids.extend(word(pre))
+        return ids
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
+        """The text of ids (invalid UTF-8 becomes U+FFFD; ids without a token are dropped, as in `tokenizers`)."""
+        special = self._special_ids if skip_special else frozenset()
+        return b"".join(self.token_bytes(i) for i in ids if i not in special).decode("utf-8", "replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one id stands for (special tokens: their text's UTF-8; unknown ids: b"")."""
+        return self._bytes[token_id] if 0 <= token_id < self.vocab_size else b""
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of an added token's content or of a vocab entry (in its byte-level spelling, e.g. 'Ġthe')."""
+        added = self._added.get(token)
+        return added.id if added is not None else self._vocab.get(token)
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special_ids
+
+    def _pretokenize(self, text: str) -> list[str]:
+        pieces = [text]
+        for step in self._steps:
+            pieces = [out for piece in pieces for out in step(piece)]
+        return pieces
+
+    def _bpe_word(self, whole: Mapping[bytes, int], word: str) -> tuple[int, ...]:
+        data = word.encode("utf-8")
+        if data in whole:
+            return (whole[data],)
+        return tuple(bpe([self._byte_ids[b] for b in data], self._merges))
+
+
+def _merge_table(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]], source: str) -> dict:
+    table = {}
+    for rank, (left, right) in enumerate(merges):
+        try:
+            table[vocab[left], vocab[right]] = (rank, vocab[left + right])
+        except KeyError as e:
+            raise TokenizerError(f"{source}: model.merges[{rank}] {left!r} {right!r} uses a token "
+                                 f"missing from model.vocab ({e})") from e
+    return table
+
+
+def from_spec(spec: Mapping, source: str = "tokenizer.json") -> Tokenizer:
+    """Build a Tokenizer from the parsed JSON of a tokenizer.json."""
+    model = spec.get("model") or {}
+    if model.get("type", "BPE") != "BPE" or "merges" not in model:
+        raise TokenizerError(f"{source}: model.type {model.get('type')!r} is not supported; only BPE is")
+    for field, ok in [("dropout", None), ("byte_fallback", False), ("continuing_subword_prefix", ""),
+                      ("end_of_word_suffix", "")]:
+        if (model.get(field) or ok) != ok:
+            raise TokenizerError(f"{source}: model.{field}={model[field]!r} is not supported")
+    if spec.get("normalizer") is not None:
+        raise TokenizerError(f"{source}: normalizer {spec['normalizer'].get('type')!r} is not supported "
+                             "(byte-level BPE tokenizers have none)")
+    decoder = spec.get("decoder") or {}
+    if decoder.get("type") != "ByteLevel":
+        raise TokenizerError(f"{source}: decoder {decoder.get('type')!r} is not supported; only ByteLevel is")
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    added = [AddedToken(id=t["id"], content=t["content"], special=t.get("special", False),
+                        lstrip=t.get("lstrip", False), rstrip=t.get("rstrip", False),
+                        single_word=t.get("single_word", False), normalized=t.get("normalized", False))
+             for t in spec.get("added_tokens") or []]
+    return Tokenizer(vocab=model["vocab"], merges=merges, added=added,
+                     pre_steps=pre_tokenizer_steps(spec.get("pre_tokenizer"), source),
+                     ignore_merges=bool(model.get("ignore_merges", False)), source=source)
+
+
+def pre_tokenizer_steps(spec: Mapping | None, source: str) -> list[Callable[[str], list[str]]]:
+    """The pre-tokenizer as a list of str -> pieces functions: Split steps, then one final ByteLevel."""
+    flat = list(spec.get("pretokenizers", [])) if spec and spec.get("type") == "Sequence" else [spec]
+    if not flat or not flat[-1] or flat[-1].get("type") != "ByteLevel":
+        raise TokenizerError(f"{source}: pre_tokenizer must be ByteLevel or a Sequence ending in ByteLevel; "
+                             "only byte-level BPE tokenizers are supported")
+    steps = []
+    for step in flat[:-1]:
+        if step.get("type") != "Split" or step.get("behavior") not in SPLIT_BEHAVIORS:
+            raise TokenizerError(f"{source}: pre_tokenizer step {step.get('type')!r} "
+                                 f"(behavior {step.get('behavior')!r}) is not supported")
+        pattern = step["pattern"]
+        text = translate_oniguruma(pattern["Regex"]) if "Regex" in pattern else regex.escape(pattern["String"])
+        steps.append(functools.partial(split_text, regex.compile(text), behavior=step["behavior"],
+                                       invert=bool(step.get("invert", False))))
+    last = flat[-1]
+    if last.get("add_prefix_space", False):
+        steps.append(lambda piece: [piece if piece.startswith(" ") else " " + piece])
+    if last.get("use_regex", True):
+        steps.append(functools.partial(split_text, regex.compile(translate_oniguruma(GPT2_PATTERN)),
+                                       behavior="Isolated"))
+    return steps
