@@ -220,18 +220,31 @@ def _nucleus(weights: np.ndarray, top_p: float) -> np.ndarray:
     """Indices of the top_p nucleus of unnormalised probabilities, most likely first, without a full sort.
 
     HF drops a token when the mass of it and everything less likely is <= 1 - top_p, so the kept set is a
-    prefix of the descending order. Partition out the k most likely, sort only those, and widen k (x8) until
-    the cut falls inside them.
+    prefix of the descending order. Any prefix holding >= top_p of the mass contains it: try the tokens within
+    a factor 1e2, 1e4, 1e6 of the top one (a cheap compare); if those are too many, partition out the k most
+    likely (k = 64, x8 each round). Only the candidates get sorted.
     """
     n = weights.size
     total = float(weights.sum(dtype=np.float64))
+    top_w = float(weights.max())
+    for ratio in (1e-2, 1e-4, 1e-6):
+        cand = np.flatnonzero(weights >= top_w * ratio)
+        if cand.size > 4096:
+            break
+        if float(weights[cand].sum(dtype=np.float64)) >= top_p * total:
+            return _cut(weights, cand, total, top_p)
     k = min(n, 64)
     while True:
-        top = np.argpartition(weights, n - k)[n - k:] if k < n else np.arange(n)
-        top = top[np.argsort(-weights[top], kind="stable")]
-        p = weights[top].astype(np.float64) / total
-        tail = 1.0 - (np.cumsum(p) - p)                 # mass of this token and all less likely ones
-        n_keep = max(1, int(np.count_nonzero(tail > 1.0 - top_p)))
-        if n_keep < k or k == n:
-            return top[:n_keep]
+        cand = np.argpartition(weights, n - k)[n - k:] if k < n else np.arange(n)
+        keep = _cut(weights, cand, total, top_p)
+        if keep.size < k or k == n:
+            return keep
         k = min(n, k * 8)
+
+
+def _cut(weights: np.ndarray, cand: np.ndarray, total: float, top_p: float) -> np.ndarray:
+    """The nucleus within candidates `cand` (a prefix of the descending order), most likely first."""
+    cand = cand[np.argsort(-weights[cand], kind="stable")]
+    p = weights[cand].astype(np.float64) / total
+    tail = 1.0 - (np.cumsum(p) - p)                     # mass of this token and all less likely ones
+    return cand[: max(1, int(np.count_nonzero(tail > 1.0 - top_p)))]

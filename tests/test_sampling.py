@@ -202,6 +202,25 @@ def test_top_p_nucleus_wider_than_the_first_partition():
     assert len(draws) > 200
 
 
+def _top_p_by_full_sort(logits: np.ndarray, top_p: float) -> set[int]:
+    order = np.argsort(logits, kind="stable")           # ascending, as HF
+    asc = np.cumsum(softmax(logits)[order])
+    removed = asc <= 1 - top_p
+    removed[-1] = False
+    return set(order[~removed].tolist())
+
+
+@pytest.mark.parametrize("vocab, scale", [(20_000, 0.1), (20_000, 1.0), (110_592, 2.0), (3_000, 5.0)])
+def test_top_p_equals_a_full_sort(vocab, scale):
+    # nearly flat distributions push the nucleus search past its cheap candidate sets into the partition loop
+    logits = (np.random.default_rng(vocab).standard_normal(vocab) * scale).astype(np.float32)
+    for top_p in (0.3, 0.9):
+        want = _top_p_by_full_sort(logits, top_p)
+        assert set(np.flatnonzero(np.isfinite(apply_top_p(logits, top_p))).tolist()) == want
+        sampler = make_sampler(G(temperature=1.0, top_p=top_p, seed=0))
+        assert {sampler(logits, np.array([])) for _ in range(50)} <= want
+
+
 # ---- PenaltyState --------------------------------------------------------------------------------------------
 
 def test_penalty_state_keeps_distinct_ids_in_first_seen_order():
@@ -305,3 +324,27 @@ def test_greedy_with_penalty_equals_transformers_argmax(hf):
         want = int(np.argmax(_hf_apply(hf, lp.RepetitionPenaltyLogitsProcessor(1.2), logits, ids)))
         assert make_sampler(G(repetition_penalty=1.2))(logits, ids) == want
         assert not math.isnan(want)
+
+
+# ---- per-token cost at the real vocabulary ---------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings, budget_ms", [
+    (G(repetition_penalty=1.2), 1.0),
+    (G(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.2, seed=0), 3.0),
+    (G(temperature=0.7, top_p=0.9, min_p=0.05, repetition_penalty=1.2, seed=0), 3.0),
+])
+def test_sampler_cost_per_token(settings, budget_ms):
+    import time
+    vocab = 110_592                                      # HyperCLOVAX's
+    rng = np.random.default_rng(0)
+    rows = (rng.standard_normal((8, vocab)) * 2).astype(np.float32)
+    rows[:, rng.integers(0, vocab, 20)] += 10           # a few likely tokens, as in a real LM
+    seen = PenaltyState(vocab, rng.integers(0, vocab, 4096))
+    sampler = make_sampler(settings)
+    times = []
+    for i in range(100):
+        t = time.perf_counter()
+        sampler(rows[i % 8], seen.ids)
+        times.append(time.perf_counter() - t)
+    assert np.median(times) * 1e3 < budget_ms
