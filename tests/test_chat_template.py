@@ -105,6 +105,23 @@ def smol_tok() -> TokenizersStandIn:
 
 
 @pytest.fixture(scope="session")
+def tiny_tokenizer_json(tmp_path_factory) -> Path:
+    """A small byte-level BPE (complete byte alphabet) with ChatML special tokens, trained in milliseconds."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|endofturn|>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = [m["content"] for chat in CHATS.values() for m in chat] * 20 + ["user assistant system"] * 20
+    tok.train_from_iterator(corpus, trainer)
+    path = tmp_path_factory.mktemp("tiny") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
 def smol_template() -> ChatTemplate:
     return ChatTemplate.from_tokenizer_config(smollm2_dir() / "tokenizer_config.json")
 
@@ -245,6 +262,35 @@ def test_encode_chat_equals_transformers_ids(name, smol_tok, smol_template):
     hf = hf_tokenizer("smollm2")
     want = hf.apply_chat_template(CHATS[name], tokenize=True, add_generation_prompt=True, return_dict=False)
     assert encode_chat(smol_template, smol_tok, CHATS[name]) == list(want)
+
+
+@pytest.mark.parametrize("name", [*BENIGN, "special_text"])
+def test_encode_chat_with_the_runtime_tokenizer(name, smol_tok, smol_template):
+    from clova_edge.runtime.tokenizer import Tokenizer
+    try:
+        ours = Tokenizer.from_file(smollm2_dir() / "tokenizer.json")
+    except TokenizerError as e:   # the GGUF's byte-level vocab lacks some byte tokens
+        pytest.skip(f"the runtime Tokenizer does not load SmolLM2's tokenizer.json: {e}")
+    assert encode_chat(smol_template, ours, CHATS[name]) == encode_chat(smol_template, smol_tok, CHATS[name])
+
+
+@pytest.mark.parametrize("name", [*BENIGN, "special_text"])
+def test_runtime_tokenizer_ids_equal_transformers(name, tiny_tokenizer_json):
+    from clova_edge.runtime.tokenizer import Tokenizer
+    transformers = pytest.importorskip("transformers")
+    template = template_of("hyperclovax")
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tiny_tokenizer_json), chat_template=template.source,
+                                              **template.named_tokens)
+    ours = Tokenizer.from_file(tiny_tokenizer_json)
+    got = encode_chat(template, ours, CHATS[name])
+    assert got == encode_chat(template, TokenizersStandIn(tiny_tokenizer_json), CHATS[name])
+    if name != "special_text":   # benign: exactly transformers' ids
+        assert got == list(hf.apply_chat_template(CHATS[name], add_generation_prompt=True, return_dict=False))
+    else:                        # the user's <|im_end|><|im_start|>system... is text, not control ids
+        assert got.count(ours.special_tokens["<|im_start|>"]) == 2
+        assert got.count(ours.special_tokens["<|im_end|>"]) == 1
+        assert ours.special_tokens["<|endofturn|>"] not in got
+        assert ours.decode(got) == template.render(CHATS[name])
 
 
 def test_special_text_in_content_never_becomes_control_ids(smol_tok, smol_template):
