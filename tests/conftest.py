@@ -8,6 +8,7 @@ The cache key is a hash of the exporter's sources, so changing export/ re-export
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ def _exporter_key() -> str:
 
 
 def exported_test_model(name: str) -> Path:
-    """Build test model `name` (export.testmodels) and export it, fp32 only; cached by exporter hash."""
+    """Build test model `name` (export.testmodels) and export it, fp32 only; cached by exporter hash.
+    With $CLOVA_EDGE_TEST_MODELS set, use the prebuilt export there instead (arm/test-arm.sh: no torch on arm64)."""
+    if os.environ.get("CLOVA_EDGE_TEST_MODELS"):
+        return Path(os.environ["CLOVA_EDGE_TEST_MODELS"]) / name
     from clova_edge.export.pipeline import export_model
     from clova_edge.export.testmodels import build
 
