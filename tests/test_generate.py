@@ -11,7 +11,7 @@ from clova_edge.runtime.generate import _held_back, generate_tokens
 
 def test_held_back_keeps_only_possible_stop_prefixes():
     stops = ("<|endofturn|>", "END")
-    assert _held_back("hello <|end", stops) == 6
+    assert _held_back("hello <|end", stops) == 5
     assert _held_back("hello <", stops) == 1
     assert _held_back("hello E", stops) == 1
     assert _held_back("hello EN", stops) == 2
