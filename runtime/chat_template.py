@@ -181,9 +181,9 @@ class _GenerationTag(jinja2.ext.Extension):
 class _Namespace(jinja2.utils.Namespace):
     """jinja's namespace(), refusing underscore names so a template cannot reach Python internals."""
 
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - jinja's own signature trick
+    def __init__(*args: Any, **pairs: Any) -> None:  # noqa: N805 - jinja's own signature trick
         self, rest = args[0], args[1:]
-        attrs = dict(*rest, **kwargs)
+        attrs = dict(*rest, **pairs)
         for key in attrs:
             _Namespace._check(key)
         jinja2.utils.Namespace.__init__(self, attrs)
@@ -201,8 +201,8 @@ class _Namespace(jinja2.utils.Namespace):
 class _Dict:
     """dict() for templates, without exposing the dict type itself."""
 
-    def __call__(self, *args: Any, **kwargs: Any) -> dict:
-        return dict(*args, **kwargs)
+    def __call__(self, *args: Any, **pairs: Any) -> dict:
+        return dict(*args, **pairs)
 
     def fromkeys(self, *args: Any) -> dict:
         return dict.fromkeys(*args)
