@@ -8,7 +8,7 @@ once; per token it does O(vocab) work (one copy, one argmax or one exp) and neve
 
 The repetition penalty needs the distinct ids seen so far (prompt + output). Passing the whole history works
 (duplicates are harmless), but the loop should keep a PenaltyState and call `add(token)` after each step:
-O(1) per token instead of O(history). This module does not run the model, stop, or detokenize.
+the update is O(1) per token, and the penalty then touches each distinct id once instead of the whole history. This module does not run the model, stop, or detokenize.
 """
 
 from __future__ import annotations
