@@ -90,7 +90,8 @@ class ExportLlama(nn.Module):
         self.embed_tokens = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
         self.layers = nn.ModuleList(Block(c) for _ in range(c.num_hidden_layers))
         self.norm = nn.Parameter(torch.ones(c.hidden_size))
-        self.lm_head = None if c.tie_word_embeddings else nn.Parameter(torch.empty(c.vocab_size, c.hidden_size))
+        untied = not c.tie_word_embeddings
+        self.lm_head = nn.Parameter(torch.empty(c.vocab_size, c.hidden_size)) if untied else None
         cos, sin = rotary_caches(c)
         self.register_buffer("cos_cache", cos)
         self.register_buffer("sin_cache", sin)

@@ -78,8 +78,8 @@ def build_manifest(src: S.Source, config: ModelConfig, folder: Path, parity: dic
     size = sum((folder / f).stat().st_size for f in (ONNX_FILE, DATA_FILE))
     return {
         "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
-        "source": {"id": src.id, "revision": src.revision, "architecture": src.architecture, "dtype": src.dtype,
-                   "gguf_file": src.gguf_file, "parameters": parameter_count(config)},
+        "source": {"id": src.id, "revision": src.revision, "architecture": src.architecture,
+                   "dtype": src.dtype, "gguf_file": src.gguf_file, "parameters": parameter_count(config)},
         "model": {f: getattr(config, f) for f in ModelConfig.__dataclass_fields__},
         "io": _io_section(config),
         "tokenizer": tokenizer,
@@ -155,7 +155,8 @@ def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
         graph = graph_summary(tmp / ONNX_FILE)
         if "GroupQueryAttention" not in graph["operators"]:
             raise ExportError(f"{tmp / ONNX_FILE}: the traced graph has no GroupQueryAttention; exporter bug")
-        say(f"optimise: {graph['nodes']} nodes " + ", ".join(f"{k} {v}" for k, v in graph["operators"].items()))
+        ops = ", ".join(f"{k} {v}" for k, v in graph["operators"].items())
+        say(f"optimise: {graph['nodes']} nodes: {ops}")
         S.write_tokenizer_files(src, tmp)
         if not (tmp / "tokenizer.json").is_file():
             say("save: warning: the source has no tokenizer.json; the runtime needs one")
@@ -179,7 +180,8 @@ def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    sizes = ", ".join(f"{name} {v.get('size_bytes', 0) / 1e6:.0f} MB" for name, v in manifest["variants"].items())
+    sizes = ", ".join(f"{name} {v.get('size_bytes', 0) / 1e6:.0f} MB"
+                      for name, v in manifest["variants"].items())
     say(f"done: {out_dir} in {time.monotonic() - t0:.0f} s; {sizes}; parity max |diff| "
         f"{parity.max_abs_diff:.2e}, tokens equal {parity.tokens_equal}")
     return out_dir

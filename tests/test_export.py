@@ -1,5 +1,6 @@
 """The exporter: verified folders for the tiny HyperCLOVAX-shaped model and SmolLM2, the graph it writes,
-atomic output, and the errors a user can cause. The two exports come from the session fixtures (conftest.py)."""
+atomic output, and the errors a user can cause. The two exports come from the session fixtures
+(conftest.py)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def test_graph_uses_fused_ops_and_one_table(fixture, request):
     c = load_manifest(folder).config
     assert (c.hidden_size, c.vocab_size) not in dims.values()       # no transposed copy of the table
     assert sum(d == (c.vocab_size, c.hidden_size) for d in dims.values()) == 1
-    assert [i.name for i in g.input][:4] == ["input_ids", "seqlens_k", "total_sequence_length", "logits_index"]
+    first = [i.name for i in g.input][:4]
+    assert first == ["input_ids", "seqlens_k", "total_sequence_length", "logits_index"]
 
 
 def test_eager_module_matches_transformers_with_cache():
@@ -84,8 +86,8 @@ def test_eager_module_matches_transformers_with_cache():
                     torch.arange(4), *kv)
         got = [out[0][0]]
         for t in (4, 5):
-            out = model(ids[:, t:t + 1], torch.tensor([t], dtype=torch.int32), torch.tensor(t + 1, dtype=torch.int32),
-                        torch.tensor([0]), *out[1:])
+            out = model(ids[:, t:t + 1], torch.tensor([t], dtype=torch.int32),
+                        torch.tensor(t + 1, dtype=torch.int32), torch.tensor([0]), *out[1:])
             got.append(out[0][0])
     assert torch.allclose(torch.cat(got), ref, atol=1e-5)
 
@@ -154,7 +156,8 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_folder_without_weights(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ExportError, match="no weights"):
         source.resolve(tmp_path)
 
