@@ -7,7 +7,7 @@ MODEL   ?= naver-hyperclovax/HyperCLOVAX-SEED-Text-Instruct-0.5B
 OUT     ?= models/hyperclovax-0.5b
 STAMP   := $(VENV)/.installed
 
-.PHONY: install export demo test test-slow bench test-arm lint clean
+.PHONY: install export demo test test-slow bench bench-smoke test-arm lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,15 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(VPY) -m pytest -q -m slow
+
+# Benchmarks (issue 6): installs the peers itself (benchmarks/.peers/: llama.cpp built from the llama-cpp-python
+# sdist, onnxruntime-genai, optimum-onnx), builds the test models, runs every runtime -> benchmarks/results/.
+bench: $(STAMP)
+	$(VPY) -m clova_edge.benchmarks.bench
+
+# The same harness on the tiny model in seconds (PyTorch + clova-edge only).
+bench-smoke: $(STAMP)
+	$(VPY) -m clova_edge.benchmarks.bench --smoke --out .cache/bench/smoke-results
 
 clean:
 	rm -rf .cache build *.egg-info

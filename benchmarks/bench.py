@@ -1,0 +1,231 @@
+"""`make bench`: clova-edge and its peers on the same weights, same machine, same run -> benchmarks/results/.
+
+    python -m clova_edge.benchmarks.bench [--models full,smollm2] [--only SUBSTR,...] [--repetitions 3] [--smoke]
+
+Steps: install the peers (envs.py), build the test models (export/testmodels.py: the full-size random
+HyperCLOVAX-shaped model for speed, SmolLM2-135M-Instruct with real weights for perplexity), convert them for every
+runtime (prepare.py), probe this machine's read bandwidth, then run each runtime in its own process
+(peers/runner.py, protocol.py) one at a time, recording the load average with each result. Results are rewritten
+after every run (a partial run keeps what it measured; --resume skips rows already measured) and rendered by
+report.py. --smoke: the tiny model, PyTorch and clova-edge only, one repetition, short prompts (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from . import envs, prepare, report
+from .bandwidth import read_bandwidth_gbs
+from .protocol import Spec
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".cache" / "bench"
+RESULTS = ROOT / "benchmarks" / "results"
+SCALING = ("llama.cpp Q4_0", "onnxruntime-genai int4", "clova-edge int4")   # rows also run at 1 thread
+
+
+@dataclass(frozen=True)
+class Row:
+    """One runtime + model format to measure."""
+
+    label: str
+    peer: str                 # module in peers/
+    path: Path                # what the adapter loads
+    python: Path              # interpreter of the peer's environment
+    weight_bytes: int         # bytes a decode step reads from weights
+    kv_elem_bytes: int        # bytes per KV-cache element (f16 in llama.cpp, fp32 elsewhere)
+    disk: int
+    variant: str | None = None
+    env: dict | None = None
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), 0)
+    import os
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_mib": mem, "python": platform.python_version(),
+            "kernel": platform.release()}
+
+
+def eval_ids(hf: Path) -> list[int]:
+    """quant/data/eval.txt tokenized by the model's own Hugging Face tokenizer (no special tokens)."""
+    from tokenizers import Tokenizer
+
+    text = (ROOT / "quant" / "data" / "eval.txt").read_text(encoding="utf-8")
+    return Tokenizer.from_file(str(hf / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+
+
+def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
+             clova_folder: Path | None = None) -> list[Row]:
+    """Install/convert what `peers` need for model `name` and list its rows (a failing peer is reported, skipped).
+    clova_folder: an already exported clova-edge folder to use instead of exporting hf."""
+    work, logs, main = WORK / name, WORK / "logs" / name, Path(sys.executable)
+    rows: list[Row] = []
+
+    def attempt(what: str, fn: Callable[[], list[Row]]) -> None:
+        try:
+            t0 = time.perf_counter()
+            rows.extend(fn())
+            say(f"[{name}] {what} ready ({time.perf_counter() - t0:.0f} s)")
+        except Exception as e:  # a peer that cannot be installed is reported, the others still run
+            say(f"[{name}] {what} skipped: {type(e).__name__}: {e}")
+
+    if "torch_fp32" in peers:
+        attempt("PyTorch", lambda: [Row("PyTorch fp32", "torch_fp32", hf, main, prepare.hf_weight_bytes_fp32(hf), 4,
+                                        prepare.disk_bytes(hf))])
+    if "clova" in peers:
+        def clova() -> list[Row]:
+            folder = clova_folder or prepare.clova_model(hf, work / "clova", logs)
+            manifest = json.loads((folder / "manifest.json").read_text())
+            out = []
+            for v, info in manifest["variants"].items():
+                f = folder / info["file"]
+                out.append(Row(f"clova-edge {v}", "clova", folder, main, prepare.onnx_weight_bytes(f), 4,
+                               sum(prepare.disk_bytes(folder / x) for x in [info["file"], *info.get("data_files", [])]),
+                               variant=v))
+            return out
+        attempt("clova-edge", clova)
+    if "ortgenai" in peers:
+        def ortgenai() -> list[Row]:
+            py = envs.install_ortgenai()
+            out = []
+            for p in ("int4", "int8"):
+                d = prepare.ortgenai_model(hf, work / f"ortgenai-{p}", py, p, logs)
+                out.append(Row(f"onnxruntime-genai {p}", "ortgenai", d, py,
+                               prepare.onnx_weight_bytes(d / "model.onnx"), 4, prepare.disk_bytes(d)))
+            return out
+        attempt("onnxruntime-genai", ortgenai)
+    if "llamacpp" in peers:
+        def llamacpp() -> list[Row]:
+            llama = envs.install_llamacpp()
+            paths = prepare.gguf_models(hf, work / "gguf", llama, logs)
+            return [Row(f"llama.cpp {q}", "llamacpp", paths[q], llama.python, prepare.gguf_weight_bytes(paths[q]),
+                        2, prepare.disk_bytes(paths[q]), env=llama.env()) for q in prepare.GGUF_TYPES]
+        attempt("llama.cpp", llamacpp)
+    if "optimum" in peers:
+        def optimum() -> list[Row]:
+            py = envs.install_optimum()
+            out = []
+            for v, d in prepare.optimum_models(hf, work / "optimum", py, logs).items():
+                label = "Optimum fp32" if v == "fp32" else "Optimum int8 (dynamic)"
+                out.append(Row(label, "optimum", d, py, prepare.onnx_weight_bytes(prepare.first_onnx(d)), 4,
+                               prepare.disk_bytes(d)))
+            return out
+        attempt("Optimum", optimum)
+    return rows
+
+
+def run_row(row: Row, spec: Spec, what: str, timeout: int) -> dict[str, Any]:
+    """Measure one row in a fresh process with the peer's interpreter."""
+    with tempfile.TemporaryDirectory(prefix="clova-bench-") as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps(spec.to_dict()))
+        cmd = [str(row.python), "-m", "clova_edge.benchmarks.peers.runner", row.peer, str(row.path),
+               str(spec_file), str(out_file), "--what", what] + (["--variant", row.variant] if row.variant else [])
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=row.env, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout} s"}
+        if proc.returncode != 0 or not out_file.is_file():
+            return {"error": (proc.stderr or proc.stdout)[-1500:]}
+        return json.loads(out_file.read_text())
+
+
+def describe(row: Row) -> dict[str, Any]:
+    return {"label": row.label, "peer": row.peer, "path": str(row.path), "variant": row.variant,
+            "disk_bytes": row.disk, "weight_bytes_per_token": row.weight_bytes, "kv_elem_bytes": row.kv_elem_bytes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="clova_edge.benchmarks.bench")
+    ap.add_argument("--models", default="full,smollm2")
+    ap.add_argument("--peers", default="clova,ortgenai,llamacpp,torch_fp32,optimum")
+    ap.add_argument("--only", default="", help="comma-separated substrings of row labels to run")
+    ap.add_argument("--repetitions", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--resume", action="store_true", help="keep rows already in OUT/bench.json")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--clova-model", type=Path, default=None, help="exported folder to use (one model only)")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per runtime run")
+    a = ap.parse_args(argv)
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (the CLI's own progress lines)
+    from clova_edge.export.testmodels import build
+
+    models = ["tiny"] if a.smoke else [m for m in a.models.split(",") if m]
+    peers = {"torch_fp32", "clova"} if a.smoke else set(a.peers.split(","))
+    only = [s for s in a.only.split(",") if s]
+    spec = Spec(threads=a.threads, repetitions=a.repetitions)
+    if a.smoke:
+        spec = Spec(threads=1, repetitions=1, prompt_lengths=(8, 16), decode_tokens=4, short_context=8,
+                    long_context=24, long_decode_tokens=4, vocab_limit=200)
+    json_path = a.out / "bench.json"
+    results: dict[str, Any] = json.loads(json_path.read_text()) if a.resume and json_path.is_file() else {}
+    results.update({"machine": machine(), "spec": spec.to_dict(), "install_seconds": envs.install_seconds()})
+    say("probing read bandwidth ...")
+    results["bandwidth_gbs"] = {str(t): read_bandwidth_gbs(t, mib=64 if a.smoke else 512) for t in (1, 2)}
+    models_out = results.setdefault("models", {})
+    for name in models:
+        hf = build(name)
+        rows = rows_for(name, hf, peers, say, a.clova_model)
+        results["install_seconds"] = envs.install_seconds()
+        entry = models_out.setdefault(name, {"rows": {}})
+        ppl = name == "smollm2" or a.smoke
+        for row in rows:
+            if only and not any(s in row.label for s in only):
+                continue
+            done = entry["rows"].get(row.label, {}).get("result", {"error": "not run"})
+            if a.resume and "error" not in done:
+                continue
+            say(f"[{name}] {row.label} ...")
+            if ppl:
+                run_spec = replace(spec, perplexity_ids=tuple(eval_ids(hf)[:96 if a.smoke else None]))
+                what = "ttft,decode" if a.smoke else "none"
+            else:
+                run_spec, what = spec, "ttft,decode,long"
+            rec = {**describe(row), "result": run_row(row, run_spec, what, a.timeout)}
+            if not ppl and row.label in SCALING:
+                one = replace(spec, threads=1, prompt_lengths=(512,))
+                rec["one_thread"] = run_row(row, one, "ttft,decode", a.timeout)
+            entry["rows"][row.label] = rec
+            if "error" in rec["result"]:
+                say(f"  failed: {rec['result']['error'][-300:]}")
+            report.write_all(results, a.out)
+        if name == "full" and "llamacpp" in peers and not only:
+            entry["llama_bench"] = llama_bench(rows, a.threads, a.repetitions)
+    results["install_seconds"] = envs.install_seconds()
+    report.write_all(results, a.out)
+    say(f"wrote {a.out}/bench.json, bench.md, bench.png")
+    return 0
+
+
+def llama_bench(rows: list[Row], threads: int, reps: int) -> list[dict[str, Any]]:
+    """llama.cpp's own benchmark on each GGUF: pp512, tg64 at depth 0 and 3500 (a cross-check of the binding)."""
+    out = []
+    for row in rows:
+        if row.peer != "llamacpp":
+            continue
+        tool = Path(row.env["LLAMA_CPP_LIB_PATH"]) / "llama-bench"
+        cmd = [str(tool), "-m", str(row.path), "-t", str(threads), "-p", "512", "-n", "64", "-d", "0,3500",
+               "-r", str(reps), "-o", "json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=row.env)
+        try:
+            out.append({"label": row.label, "runs": json.loads(proc.stdout)})
+        except json.JSONDecodeError:
+            out.append({"label": row.label, "error": proc.stderr[-800:]})
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""Install the peers the benchmark compares against, each where its pins cannot clash (benchmarks/.peers/, ignored).
+
+  venv-ortgenai  onnxruntime-genai (its model builder needs transformers 5.x, onnx-ir: taken from the main venv)
+  venv-optimum   optimum-onnx[onnxruntime] (pins transformers < 4.58: its own copy shadows the main venv's)
+  venv-llamacpp  llama-cpp-python's Python package from its PyPI sdist, bound to our own build of the llama.cpp it
+                 carries (vendor/llama.cpp): llama-bench, llama-quantize, llama-perplexity and the shared libraries
+A peer venv reaches the main venv's packages (torch, transformers, numpy, clova_edge itself) through a .pth file
+that adds the main site-packages AFTER its own, so only what a peer pins is installed twice.
+
+llama.cpp is built with -DGGML_NATIVE=OFF and each x86 feature passed explicitly, AMX off: this VM's CPU
+advertises AMX but faults on it (a native build dies with SIGILL on quantized models). Each step leaves a stamp
+and is skipped when its stamp exists; the seconds each install took go to .peers/install_seconds.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+LLAMA_TARGETS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama")
+X86_FLAGS = {"GGML_AVX": "ON", "GGML_AVX2": "ON", "GGML_FMA": "ON", "GGML_F16C": "ON", "GGML_BMI2": "ON",
+             "GGML_AVX512": "ON", "GGML_AVX512_VNNI": "ON", "GGML_AVX512_BF16": "ON", "GGML_AVX_VNNI": "ON",
+             "GGML_AVX512_VBMI": "OFF", "GGML_AMX_TILE": "OFF", "GGML_AMX_INT8": "OFF", "GGML_AMX_BF16": "OFF"}
+
+
+class InstallError(RuntimeError):
+    """A peer could not be installed; the message names the step and its log file."""
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    build_bin: Path        # llama-bench, llama-quantize, llama-perplexity and lib*.so
+    source: Path           # vendor/llama.cpp (convert_hf_to_gguf.py)
+    python: Path           # interpreter whose `import llama_cpp` uses build_bin's libllama
+
+    @property
+    def convert_script(self) -> Path:
+        return self.source / "convert_hf_to_gguf.py"
+
+    def tool(self, name: str) -> Path:
+        return self.build_bin / name
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LLAMA_CPP_LIB_PATH": str(self.build_bin)}
+
+
+def peers_dir() -> Path:
+    return Path(__file__).resolve().parent / ".peers"
+
+
+def _run(cmd: list[str], log: Path, *, cwd: Path | None = None, env: dict | None = None) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(map(str, cmd))}\n")
+        f.flush()
+        rc = subprocess.call(["nice", "-n", "10", *map(str, cmd)], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
+                             env=env)
+    if rc != 0:
+        raise InstallError(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} failed (exit {rc}); see {log}")
+
+
+def _record(name: str, seconds: float) -> None:
+    path = peers_dir() / "install_seconds.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[name] = round(seconds, 1)
+    path.write_text(json.dumps(times, indent=1))
+
+
+def install_seconds() -> dict[str, float]:
+    path = peers_dir() / "install_seconds.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _site_packages(python: Path) -> str:
+    out = subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    return out.decode().strip()
+
+
+def peer_venv(name: str, packages: list[str], *, extra_paths: tuple[Path, ...] = ()) -> Path:
+    """A venv at .peers/venv-NAME on top of the main venv (see module doc); returns its python."""
+    root = peers_dir() / f"venv-{name}"
+    python = root / "bin" / "python"
+    stamp = root / ".installed"
+    if stamp.is_file():
+        return python
+    t0 = time.perf_counter()
+    log = peers_dir() / "logs" / f"venv-{name}.log"
+    _run([sys.executable, "-m", "venv", root], log)
+    main_site = sysconfig.get_paths()["purelib"]
+    lines = [*map(str, extra_paths), f"import site; site.addsitedir({main_site!r})"]
+    Path(_site_packages(python), "zz_clova_edge_main.pth").write_text("\n".join(lines) + "\n")
+    if packages:
+        _run([python, "-m", "pip", "install", "-q", *packages], log)
+    stamp.touch()
+    _record(f"venv-{name}", time.perf_counter() - t0)
+    return python
+
+
+def _fetch_sdist(log: Path) -> Path:
+    src = peers_dir() / "src"
+    found = sorted(src.glob("llama_cpp_python-*/vendor/llama.cpp/CMakeLists.txt"))
+    if found:
+        return found[-1].parents[2]
+    src.mkdir(parents=True, exist_ok=True)
+    _run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps", LLAMA_CPP_PYTHON,
+          "-d", src], log)
+    archive = next(src.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(src, filter="data")
+    return next(src.glob("llama_cpp_python-*/vendor/llama.cpp/CMakeLists.txt")).parents[2]
+
+
+def cmake_flags() -> list[str]:
+    flags = {"CMAKE_BUILD_TYPE": "Release", "BUILD_SHARED_LIBS": "ON", "GGML_NATIVE": "OFF",
+             "LLAMA_BUILD_TESTS": "OFF", "LLAMA_BUILD_EXAMPLES": "OFF", "LLAMA_BUILD_SERVER": "OFF",
+             "LLAMA_BUILD_APP": "OFF", "LLAMA_OPENSSL": "OFF", "LLAMA_CURL": "OFF"}
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.update(X86_FLAGS)
+    return [f"-D{k}={v}" for k, v in flags.items()]
+
+
+def install_llamacpp(jobs: int = 2) -> LlamaCpp:
+    """Download the llama-cpp-python sdist, build its llama.cpp tools, set up the binding's venv."""
+    log = peers_dir() / "logs" / "llamacpp.log"
+    build = peers_dir() / "llama-build"
+    t0 = time.perf_counter()
+    sdist = _fetch_sdist(log)
+    source = sdist / "vendor" / "llama.cpp"
+    if not all((build / "bin" / t).exists() for t in LLAMA_TARGETS[:3]):
+        _run(["cmake", "-S", source, "-B", build, *cmake_flags()], log)
+        _run(["cmake", "--build", build, "-j", str(jobs), "--target", *LLAMA_TARGETS], log)
+        _record("llama.cpp build", time.perf_counter() - t0)
+    python = peer_venv("llamacpp", ["diskcache>=5.6", "typing-extensions>=4.5"], extra_paths=(sdist,))
+    return LlamaCpp(build / "bin", source, python)
+
+
+def install_ortgenai() -> Path:
+    return peer_venv("ortgenai", ["onnxruntime-genai"])
+
+
+def install_optimum() -> Path:
+    return peer_venv("optimum", ["optimum-onnx[onnxruntime]"])

@@ -1,0 +1,44 @@
+"""clova-edge: an exported folder (manifest.json) loaded with clova_edge.Engine, one variant (fp32/int8/int4).
+
+The loop is the runtime's own step (OnnxModel.prefill, then OnnxModel.decode per token on a preallocated in-place
+KV cache) with greedy argmax, EOS ignored. Perplexity: prefill with every position's logits.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class ClovaAdapter:
+    def __init__(self, folder: Path, variant: str | None):
+        self.folder, self.variant, self.model = folder, variant, None
+
+    def load(self, threads: int) -> None:
+        from clova_edge import Engine
+        import clova_edge
+
+        self.version = f"clova-edge {clova_edge.__version__}"
+        self.engine = Engine.load(self.folder, variant=self.variant, threads=threads)
+        self.model = self.engine.model
+
+    def generate(self, prompt_ids: list[int], n: int) -> list[float]:
+        cache = self.model.new_cache(len(prompt_ids) + n)
+        logits = self.model.prefill(cache, np.asarray(prompt_ids, np.int64))
+        arrivals = []
+        while True:
+            token = int(np.argmax(logits))
+            arrivals.append(time.perf_counter())
+            if len(arrivals) == n:
+                return arrivals
+            logits = self.model.decode(cache, token)
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        cache = self.model.new_cache(len(ids))
+        return np.asarray(self.model.prefill(cache, np.asarray(ids, np.int64), all_logits=True), np.float32)
+
+
+def make_adapter(model: Path, variant: str | None = None) -> ClovaAdapter:
+    return ClovaAdapter(model, variant)

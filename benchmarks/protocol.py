@@ -1,0 +1,157 @@
+"""The fixed measurement protocol every runtime goes through, and the adapter shape a runtime must offer.
+
+A runtime (clova-edge or a peer) is wrapped in an Adapter: `load(threads)`; `generate(prompt_ids, n) -> arrival
+times` runs the runtime's OWN generation loop greedily from a fresh state (EOS ignored) and returns the
+perf_counter() time at which each of the n new tokens became available; optionally `logits(ids) -> (S, V)`
+for perplexity. `measure(adapter, spec)` times every runtime the same way:
+  load        seconds to construct the model (page cache warm: the files were just written or read)
+  ttft        from the call to the first token, for prompts of P synthetic tokens (each P in spec.prompt_lengths)
+  decode      gaps between consecutive tokens after a short prompt and after spec.long_context tokens;
+              tok/s = 1 / median gap (the spread: from the 10th/90th percentile gaps)
+  peak_rss    the runner process's peak resident memory over everything above (one process per runtime)
+Synthetic prompts are fixed-seed random ids below the vocabulary size: speed does not depend on the text.
+Perplexity follows quant/report.py: independent windows (512 tokens), every position but a window's first scored.
+This module imports only numpy: runners import it inside peer virtual environments.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one runner measures."""
+
+    threads: int = 2
+    repetitions: int = 3
+    prompt_lengths: tuple[int, ...] = (128, 512, 2048)
+    decode_tokens: int = 64
+    short_context: int = 128
+    long_context: int = 3500           # decode measured with this many tokens already in the cache
+    long_decode_tokens: int = 32
+    perplexity_window: int = 512
+    perplexity_ids: tuple[int, ...] = ()   # evaluation-text ids (model's own tokenizer); empty: no perplexity
+    vocab_limit: int = 32000           # synthetic ids are drawn below this (every tokenizer here has them)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Spec":
+        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Adapter(Protocol):
+    def load(self, threads: int) -> None: ...
+    def generate(self, prompt_ids: list[int], n: int) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    low: float      # 10th percentile (min for < 5 samples)
+    high: float     # 90th percentile (max for < 5 samples)
+    n: int
+
+    @classmethod
+    def of(cls, xs: Sequence[float]) -> "Summary":
+        a = np.asarray(xs, np.float64)
+        if a.size == 0:
+            raise ValueError("no samples to summarize")
+        lo, hi = (np.percentile(a, 10), np.percentile(a, 90)) if a.size >= 5 else (a.min(), a.max())
+        return cls(float(np.median(a)), float(lo), float(hi), int(a.size))
+
+
+def synthetic_prompt(n: int, spec: Spec, salt: int = 0) -> list[int]:
+    """n fixed-seed random token ids in [10, vocab_limit) (avoids the low special ids)."""
+    rng = np.random.default_rng(spec.seed * 1000 + salt)
+    return rng.integers(10, spec.vocab_limit, size=n).tolist()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process, MiB (Linux ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def _time_ttft(adapter: Adapter, n: int, spec: Spec) -> list[float]:
+    out = []
+    for r in range(spec.repetitions):
+        ids = synthetic_prompt(n, spec, salt=r + 1)
+        t0 = time.perf_counter()
+        arrivals = adapter.generate(ids, 1)
+        out.append(arrivals[0] - t0)
+    return out
+
+
+def _time_decode(adapter: Adapter, context: int, steps: int, spec: Spec, salt: int) -> list[float]:
+    """Seconds between consecutive tokens over `steps` decode steps after a prompt of `context` tokens."""
+    arrivals = adapter.generate(synthetic_prompt(context, spec, salt=salt), steps + 1)
+    if len(arrivals) != steps + 1:
+        raise RuntimeError(f"the runtime produced {len(arrivals)} tokens, {steps + 1} were asked (stopped early?)")
+    return np.diff(np.asarray(arrivals)).tolist()
+
+
+def _decode_figures(times: list[float]) -> dict[str, Any]:
+    s = Summary.of(times)
+    # tok/s from the median step; the spread from the fast (10th pct) and slow (90th pct) steps
+    return {"tok_s": 1.0 / s.median, "tok_s_low": 1.0 / s.high, "tok_s_high": 1.0 / s.low,
+            "step_ms": asdict(Summary.of([t * 1e3 for t in times]))}
+
+
+def measure(adapter: Adapter, spec: Spec, *, what: Sequence[str] = ("ttft", "decode", "long")) -> dict[str, Any]:
+    """Run the protocol on `adapter`; returns plain JSON-ready figures."""
+    res: dict[str, Any] = {"spec": spec.to_dict(), "load_avg_start": load_average()}
+    t0 = time.perf_counter()
+    adapter.load(spec.threads)
+    res["load_s"] = time.perf_counter() - t0
+    res["rss_after_load_mb"] = peak_rss_mb()
+    adapter.generate(synthetic_prompt(16, spec, salt=999), 4)     # warm-up (allocations, first-run graph work)
+    if "ttft" in what:
+        res["ttft_s"] = {str(n): asdict(Summary.of(_time_ttft(adapter, n, spec))) for n in spec.prompt_lengths}
+    if "decode" in what:
+        times: list[float] = []
+        for r in range(spec.repetitions):
+            times += _time_decode(adapter, spec.short_context, spec.decode_tokens, spec, salt=100 + r)
+        res["decode_short"] = {"context": spec.short_context, **_decode_figures(times)}
+    if "long" in what and spec.long_context:
+        t1 = time.perf_counter()
+        times = _time_decode(adapter, spec.long_context, spec.long_decode_tokens, spec, salt=200)
+        res["decode_long"] = {"context": spec.long_context, **_decode_figures(times),
+                              "prefill_and_decode_s": time.perf_counter() - t1}
+    if spec.perplexity_ids and hasattr(adapter, "logits"):
+        res["perplexity"] = perplexity(adapter.logits, np.asarray(spec.perplexity_ids), spec.perplexity_window)
+    res["peak_rss_mb"] = peak_rss_mb()
+    res["load_avg_end"] = load_average()
+    return res
+
+
+def windows(ids: np.ndarray, size: int) -> list[np.ndarray]:
+    """The evaluation windows of quant/report.py: consecutive chunks of `size`, each of at least 2 tokens."""
+    return [ids[i:i + size] for i in range(0, len(ids) - 1, size) if len(ids[i:i + size]) >= 2]
+
+
+def perplexity(logits_fn, ids: np.ndarray, window: int) -> dict[str, Any]:
+    """exp(mean NLL) over all windows; logits_fn(window_ids) -> (S, V) logits of every position."""
+    nll, n = 0.0, 0
+    for w in windows(ids, window):
+        x = np.asarray(logits_fn(w))[:-1]                  # (S-1, V): predicts w[1:]
+        for i in range(0, len(x), 64):                      # 64 rows at a time: no (S, V) float64 temporaries
+            rows = x[i:i + 64].astype(np.float64)
+            top = rows.max(axis=-1)
+            lse = top + np.log(np.exp(rows - top[:, None]).sum(axis=-1))
+            nll += float((lse - rows[np.arange(len(rows)), w[1 + i:1 + i + len(rows)]]).sum())
+        n += len(w) - 1
+    return {"perplexity": float(np.exp(nll / n)), "tokens": n, "window": window}
