@@ -23,7 +23,7 @@ from . import manifest as mf
 from .errors import ManifestError, PromptError
 from .manifest import Manifest, Variant
 
-_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}  # int8: quantized cache
 _GROW_STEP = 256  # capacity is rounded up to this many positions
 
 
@@ -74,7 +74,7 @@ class OnnxModel:
         self.kv_dtype = _NP_DTYPES.get(variant.kv_dtype)
         if self.kv_dtype is None:
             raise ManifestError(f"{manifest.folder}/manifest.json: variants.{variant.name}.kv_dtype "
-                                f"{variant.kv_dtype!r} is not supported (float32, float16)")
+                                f"{variant.kv_dtype!r} is not supported (float32, float16, int8)")
         path = manifest.folder / variant.file
         for name in (variant.file, *variant.data_files):
             if not (manifest.folder / name).is_file():
