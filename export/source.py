@@ -109,7 +109,8 @@ def _gguf_config(path: Path) -> dict[str, Any]:
     except (ValueError, OSError, KeyError) as e:
         raise ExportError(f"{path}: cannot read as a GGUF model ({e})") from None
     d = config.to_dict()
-    d.setdefault("architectures", [type(config).__name__.replace("Config", "ForCausalLM")])
+    if not d.get("architectures"):   # GGUF carries no HF class name; LlamaConfig -> LlamaForCausalLM
+        d["architectures"] = [type(config).__name__.removesuffix("Config") + "ForCausalLM"]
     return d
 
 

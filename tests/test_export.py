@@ -167,3 +167,20 @@ def test_rope_scaling_refused(tmp_path):
            "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
     with pytest.raises(ExportError, match="rope scaling llama3"):
         source.check_supported(cfg, "x")
+
+
+@pytest.mark.slow
+def test_untied_lm_head_exports_and_verifies(tmp_path):
+    """A model with its own lm_head (not tied): the Gemm reads lm_head, the embedding stays a Gather."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=128,
+                      tie_word_embeddings=False, rope_theta=10000.0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "src")
+    out = pipeline.export_model(tmp_path / "src", tmp_path / "out", quantize=())
+    m = _manifest(out)
+    assert m["model"]["tie_word_embeddings"] is False and m["model"]["context_length"] == 128
+    assert m["verification"]["fp32"]["tokens_equal"]
+    assert m["graph"]["lm_head"]["weight"] == "lm_head" and m["graph"]["embedding"] == "embed_tokens"
