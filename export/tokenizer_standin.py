@@ -24,7 +24,7 @@ from clova_edge.runtime.tokenizer import byte_level_alphabet
 REPO = Path(__file__).resolve().parents[1]
 HYPERCLOVAX_FILES = REPO.parent / "shared" / "hyperclovax-0.5b"
 CACHE = REPO / ".cache" / "tokenizer-standin"
-FORMAT = "standin-v1"
+FORMAT = "standin-v2"
 # The usual Hugging Face spelling of the cl100k regex: no possessive quantifiers, so Oniguruma and tiktoken agree
 # except where the patterns themselves differ (e.g. 'S with another case, \s++$ against \s+(?!\S)).
 CLASSIC_CL100K_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
@@ -114,10 +114,25 @@ def cl100k_tokenizer_spec(pattern: str, ignore_merges: bool, added_tokens: list[
         "decoder": byte_level,
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": ignore_merges,
-                  "vocab": {spell(t): r for t, r in sorted(ranks.items(), key=lambda kv: kv[1])},
+                  "ignore_merges": ignore_merges, "vocab": _vocab(ranks, spell, added_tokens),
                   "merges": [[spell(a), spell(b)] for a, b in recover_merges(ranks)]},
     }
+
+
+def _vocab(ranks: dict[bytes, int], spell, added_tokens: list[dict]) -> dict[str, int]:
+    """cl100k's tokens, the added tokens and a placeholder for every id between, so ids are contiguous.
+
+    `tokenizers` ignores the ids written in added_tokens: it keeps the id of a content found in model.vocab and
+    numbers the others from len(model.vocab). Hence the added tokens sit in the vocab at their ids too, and the
+    ids HyperCLOVAX uses for its own merges (100277-110490) get placeholders that no text can produce (they
+    contain a real space, which byte-level spelling never has) and that decode to their own name.
+    """
+    vocab = {spell(t): r for t, r in sorted(ranks.items(), key=lambda kv: kv[1])}
+    vocab.update({t["content"]: t["id"] for t in added_tokens})
+    used = set(vocab.values())
+    top = max(used)
+    vocab.update({f"<|stand-in for token {i}|>": i for i in range(top) if i not in used})
+    return vocab
 
 
 def _cached_json(*, pattern: str | None, ignore_merges: bool, added_tokens: list[dict]) -> str:

@@ -163,11 +163,9 @@ class Tokenizer:
     ):
         alphabet = byte_level_alphabet()
         char_to_byte = {c: b for b, c in enumerate(alphabet)}
-        missing = [b for b, c in enumerate(alphabet) if c not in vocab]
-        if missing:
-            raise TokenizerError(f"{source}: the BPE vocab lacks {len(missing)} of the 256 byte tokens "
-                                 f"(e.g. byte {missing[0]}); only complete byte-level vocabularies are supported")
-        self._byte_ids = tuple(vocab[c] for c in alphabet)
+        # A byte missing from the vocab is dropped (its neighbours may merge), as `tokenizers` does without unk.
+        self._byte_ids = tuple(vocab.get(c) for c in alphabet)
+        self._complete = None not in self._byte_ids
         self._merges = _merge_table(vocab, merges, source)
         self._added = {t.content: t for t in added}
         self._raw_matcher = _added_matcher(t for t in added if not t.normalized)
@@ -240,7 +238,8 @@ class Tokenizer:
         data = word.encode("utf-8")
         if data in whole:
             return (whole[data],)
-        return tuple(bpe([self._byte_ids[b] for b in data], self._merges))
+        ids = [self._byte_ids[b] for b in data]
+        return tuple(bpe(ids if self._complete else [i for i in ids if i is not None], self._merges))
 
 
 def _merge_table(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]], source: str) -> dict:
@@ -260,7 +259,7 @@ def from_spec(spec: Mapping, source: str = "tokenizer.json") -> Tokenizer:
     if model.get("type", "BPE") != "BPE" or "merges" not in model:
         raise TokenizerError(f"{source}: model.type {model.get('type')!r} is not supported; only BPE is")
     for field, ok in [("dropout", None), ("byte_fallback", False), ("continuing_subword_prefix", ""),
-                      ("end_of_word_suffix", "")]:
+                      ("end_of_word_suffix", ""), ("unk_token", None)]:
         if (model.get(field) or ok) != ok:
             raise TokenizerError(f"{source}: model.{field}={model[field]!r} is not supported")
     if spec.get("normalizer") is not None:
