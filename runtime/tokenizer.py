@@ -33,6 +33,7 @@ _WORD_END = regex.compile(r"\w\Z")
 _SPACES_AT_END = regex.compile(r"\s*\Z")
 _SPACES_AT_START = regex.compile(r"\s*")
 CACHE_WORDS = 1 << 16
+_NO_RANK = 1 << 62
 
 Merges = Mapping[tuple[int, int], tuple[int, int]]  # (left id, right id) -> (rank, merged id)
 
@@ -44,26 +45,49 @@ def byte_level_alphabet() -> tuple[str, ...]:
     return tuple(chr(b) if b in printable else chr(next(others)) for b in range(256))
 
 
-def byte_level_decode(token: str, char_to_byte: Mapping[str, int]) -> bytes:
-    """The ByteLevel decoder on one token: its bytes, or its UTF-8 if any char is outside the table."""
+def byte_level_table() -> dict[int, int]:
+    """str.translate table: byte-level char -> the char of its byte; other chars below 256 -> U+FFFF."""
+    table = dict.fromkeys(range(256), 0xFFFF)
+    table.update({ord(c): b for b, c in enumerate(byte_level_alphabet())})
+    return table
+
+
+def byte_level_spelled(token: str, table: Mapping[int, int]) -> bytes | None:
+    """The bytes a byte-level spelling stands for; None if a char is outside GPT-2's table."""
     try:
-        return bytes(char_to_byte[c] for c in token)
-    except KeyError:
-        return token.encode("utf-8")
+        return token.translate(table).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+def byte_level_decode(token: str, table: Mapping[int, int]) -> bytes:
+    """The ByteLevel decoder on one token: its bytes, or its UTF-8 if any char is outside the table."""
+    spelled = byte_level_spelled(token, table)
+    return token.encode("utf-8") if spelled is None else spelled
 
 
 def bpe(ids: list[int], merges: Merges) -> list[int]:
     """Merge adjacent ids, always the pair of lowest rank (leftmost on ties), until no pair merges."""
-    while len(ids) > 1:
-        best, rank = -1, None
-        for i, pair in enumerate(zip(ids, ids[1:])):
-            found = merges.get(pair)
-            if found is not None and (rank is None or found[0] < rank):
-                best, rank = i, found[0]
-        if rank is None:
-            break
-        ids[best : best + 2] = [merges[ids[best], ids[best + 1]][1]]
-    return ids
+    if len(ids) < 2:
+        return ids
+    none = (_NO_RANK, -1)
+    found = [merges.get(pair, none) for pair in zip(ids, ids[1:])]
+    ranks = [f[0] for f in found]
+    while True:
+        rank = min(ranks)
+        if rank == _NO_RANK:
+            return ids
+        i = ranks.index(rank)
+        ids[i : i + 2] = [found[i][1]]
+        del found[i], ranks[i]
+        if i < len(found):
+            found[i] = merges.get((ids[i], ids[i + 1]), none)
+            ranks[i] = found[i][0]
+        if i > 0:
+            found[i - 1] = merges.get((ids[i - 1], ids[i]), none)
+            ranks[i - 1] = found[i - 1][0]
+        if not ranks:
+            return ids
 
 
 def find_spans(pattern: regex.Pattern, text: str, invert: bool) -> list[tuple[int, int, bool]]:
@@ -155,14 +179,14 @@ class Tokenizer:
         self,
         *,
         vocab: Mapping[str, int],
-        merges: Sequence[tuple[str, str]],
+        merges: Sequence,
         added: Sequence[AddedToken],
         pre_steps: Sequence[Callable[[str], list[str]]],
         ignore_merges: bool = False,
         source: str = "tokenizer.json",
     ):
         alphabet = byte_level_alphabet()
-        char_to_byte = {c: b for b, c in enumerate(alphabet)}
+        char_table = byte_level_table()
         # A byte missing from the vocab is dropped (its neighbours may merge), as `tokenizers` does without unk.
         self._byte_ids = tuple(vocab.get(c) for c in alphabet)
         self._complete = None not in self._byte_ids
@@ -173,12 +197,14 @@ class Tokenizer:
         self._steps = tuple(pre_steps)
         self.vocab_size = 1 + max([*vocab.values(), *(t.id for t in added)])
         table: list[bytes] = [b""] * self.vocab_size
+        whole = {}
         for token, i in vocab.items():
-            table[i] = byte_level_decode(token, char_to_byte)
-        whole = ({table[i]: i for t, i in vocab.items() if all(c in char_to_byte for c in t)}
-                 if ignore_merges else {})
+            spelled = byte_level_spelled(token, char_table)
+            table[i] = token.encode("utf-8") if spelled is None else spelled
+            if ignore_merges and spelled is not None:
+                whole[spelled] = i
         for t in added:
-            table[t.id] = byte_level_decode(t.content, char_to_byte)
+            table[t.id] = byte_level_decode(t.content, char_table)
         self._bytes = tuple(table)
         self._vocab = dict(vocab)
         self.special_tokens: dict[str, int] = {t.content: t.id for t in added if t.special}
@@ -242,15 +268,15 @@ class Tokenizer:
         return tuple(bpe(ids if self._complete else [i for i in ids if i is not None], self._merges))
 
 
-def _merge_table(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]], source: str) -> dict:
-    table = {}
-    for rank, (left, right) in enumerate(merges):
-        try:
-            table[vocab[left], vocab[right]] = (rank, vocab[left + right])
-        except KeyError as e:
-            raise TokenizerError(f"{source}: model.merges[{rank}] {left!r} {right!r} uses a token "
-                                 f"missing from model.vocab ({e})") from e
-    return table
+def _merge_table(vocab: Mapping[str, int], merges: Sequence, source: str) -> dict:
+    """(left id, right id) -> (rank, merged id); merges are "a b" strings or [a, b] pairs."""
+    pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in merges]
+    try:
+        return {(vocab[a], vocab[b]): (rank, vocab[a + b]) for rank, (a, b) in enumerate(pairs)}
+    except (KeyError, ValueError) as e:
+        bad = next(r for r, m in enumerate(pairs) if len(m) != 2 or not {m[0], m[1], "".join(m)} <= vocab.keys())
+        raise TokenizerError(f"{source}: model.merges[{bad}] {merges[bad]!r} is not two tokens of model.vocab "
+                             "whose concatenation is in model.vocab too") from e
 
 
 def from_spec(spec: Mapping, source: str = "tokenizer.json") -> Tokenizer:
@@ -268,7 +294,7 @@ def from_spec(spec: Mapping, source: str = "tokenizer.json") -> Tokenizer:
     decoder = spec.get("decoder") or {}
     if decoder.get("type") != "ByteLevel":
         raise TokenizerError(f"{source}: decoder {decoder.get('type')!r} is not supported; only ByteLevel is")
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    merges = model["merges"]
     added = [AddedToken(id=t["id"], content=t["content"], special=t.get("special", False),
                         lstrip=t.get("lstrip", False), rstrip=t.get("rstrip", False),
                         single_word=t.get("single_word", False), normalized=t.get("normalized", False))

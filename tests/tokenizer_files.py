@@ -9,6 +9,7 @@ Also the fixed corpus of tricky strings shared by the tokenizer and detokenizer 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -81,6 +82,14 @@ def tokenizer_json(name: str) -> Path:
     else:
         raise ValueError(name)
     return folder / "tokenizer.json"
+
+
+@functools.lru_cache(maxsize=None)
+def runtime_tokenizer(name: str):
+    """The runtime Tokenizer on tokenizer_json(name), loaded once per test session."""
+    from clova_edge.runtime.tokenizer import Tokenizer
+
+    return Tokenizer.from_file(tokenizer_json(name))
 
 
 def _save_smollm2(folder: Path) -> None:
