@@ -93,10 +93,13 @@ def build_manifest(src: S.Source, config: ModelConfig, folder: Path, parity: dic
     }
 
 
-def _run_quantizers(folder: Path, quantize: tuple[str, ...], say: Callable[[str], None]) -> None:
+def _check_quantize(quantize: tuple[str, ...]) -> None:
     unknown = [q for q in quantize if q not in QUANT_BITS]
     if unknown:
         raise ExportError(f"unknown quantization {unknown}; choose from {', '.join(QUANT_BITS)}")
+
+
+def _run_quantizers(folder: Path, quantize: tuple[str, ...], say: Callable[[str], None]) -> None:
     if not quantize:
         return
     try:
@@ -128,6 +131,8 @@ def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
     """Export source to out_dir (model.onnx + data, tokenizer files, manifest.json); returns out_dir."""
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
+    quantize = tuple(quantize)
+    _check_quantize(quantize)
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir}: already exists; choose another folder or pass --force to replace it")
     t0 = time.monotonic()
@@ -136,7 +141,7 @@ def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
     config = S.model_config(src, context_length)
     params = parameter_count(config)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _check_disk(out_dir.parent, params, tuple(quantize))
+    _check_disk(out_dir.parent, params, quantize)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -171,7 +176,7 @@ def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
         say("save: manifest.json")
         manifest = build_manifest(src, config, tmp, parity.to_dict(), graph)
         _write_json(tmp / mf.MANIFEST_NAME, manifest)
-        _run_quantizers(tmp, tuple(quantize), say)
+        _run_quantizers(tmp, quantize, say)
         manifest = json.loads((tmp / mf.MANIFEST_NAME).read_text(encoding="utf-8"))
         manifest["files"] = _files_section(tmp)
         _write_json(tmp / mf.MANIFEST_NAME, manifest)

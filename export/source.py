@@ -82,6 +82,8 @@ def _download(repo_id: str) -> tuple[Path, str | None]:
     patterns = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        if not list(folder.glob("*.safetensors")):   # an older repo with PyTorch .bin weights only
+            folder = Path(snapshot_download(repo_id, allow_patterns=[*patterns, "pytorch_model*.bin"]))
     except Exception as e:  # noqa: BLE001 - the hub client raises many unrelated types, all "cannot get it"
         raise ExportError(
             f"{repo_id}: cannot download from the Hugging Face Hub ({type(e).__name__}: {str(e)[:200]}). "

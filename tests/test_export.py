@@ -105,9 +105,9 @@ def test_failure_leaves_nothing_and_keeps_the_old_folder(tmp_path, monkeypatch):
     (out / "keep.txt").write_text("old")
 
     def boom(*_a, **_k):
-        raise ExportError("simulated failure while tracing")
+        raise ExportError("simulated failure while loading")
 
-    monkeypatch.setattr(pipeline, "trace_to_onnx", boom)
+    monkeypatch.setattr(pipeline.S, "load_hf_model", boom)
     with pytest.raises(ExportError, match="simulated"):
         pipeline.export_model(build("tiny"), out, force=True, quantize=())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]          # no partial folder left
@@ -184,3 +184,8 @@ def test_untied_lm_head_exports_and_verifies(tmp_path):
     assert m["model"]["tie_word_embeddings"] is False and m["model"]["context_length"] == 128
     assert m["verification"]["fp32"]["tokens_equal"]
     assert m["graph"]["lm_head"]["weight"] == "lm_head" and m["graph"]["embedding"] == "embed_tokens"
+
+
+def test_unknown_quantization_is_refused_before_work(tmp_path):
+    with pytest.raises(ExportError, match="unknown quantization.*int8, int4"):
+        pipeline.export_model(build("tiny"), tmp_path / "out", quantize=("int3",))
