@@ -16,6 +16,7 @@ set operations), which `re` cannot express; onig_regex.py translates them.
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import regex
 
-from .errors import TokenizerError
+from .errors import PromptError, TokenizerError
 from .onig_regex import translate_oniguruma
 
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -34,6 +35,7 @@ _SPACES_AT_END = regex.compile(r"\s*\Z")
 _SPACES_AT_START = regex.compile(r"\s*")
 CACHE_WORDS = 1 << 16
 _NO_RANK = 1 << 62
+LONG_WORD = 96  # bytes; longer words use the heap version of BPE
 
 Merges = Mapping[tuple[int, int], tuple[int, int]]  # (left id, right id) -> (rank, merged id)
 
@@ -70,6 +72,8 @@ def bpe(ids: list[int], merges: Merges) -> list[int]:
     """Merge adjacent ids, always the pair of lowest rank (leftmost on ties), until no pair merges."""
     if len(ids) < 2:
         return ids
+    if len(ids) > LONG_WORD:
+        return bpe_long(ids, merges)
     none = (_NO_RANK, -1)
     found = [merges.get(pair, none) for pair in zip(ids, ids[1:])]
     ranks = [f[0] for f in found]
@@ -88,6 +92,27 @@ def bpe(ids: list[int], merges: Merges) -> list[int]:
             ranks[i - 1] = found[i - 1][0]
         if not ranks:
             return ids
+
+
+def bpe_long(ids: list[int], merges: Merges) -> list[int]:
+    """bpe() in O(n log n) for long words (a run of 20k spaces): a heap of (rank, position) over a linked list."""
+    n = len(ids)
+    sym, nxt, prv = list(ids), list(range(1, n + 1)), list(range(-1, n - 1))
+    heap = [(m[0], i, a, b) for i, (a, b) in enumerate(zip(ids, ids[1:])) if (m := merges.get((a, b)))]
+    heapq.heapify(heap)
+    while heap:
+        _, i, a, b = heapq.heappop(heap)
+        j = nxt[i]
+        if sym[i] != a or j >= n or sym[j] != b:
+            continue  # stale: one side was merged since this pair was pushed
+        sym[i], sym[j] = merges[a, b][1], -1
+        nxt[i] = nxt[j]
+        if nxt[i] < n:
+            prv[nxt[i]] = i
+        for left, right in ((prv[i], i), (i, nxt[i])):
+            if left >= 0 and right < n and (m := merges.get((sym[left], sym[right]))):
+                heapq.heappush(heap, (m[0], left, sym[left], sym[right]))
+    return [s for s in sym if s >= 0]
 
 
 def find_spans(pattern: regex.Pattern, text: str, invert: bool) -> list[tuple[int, int, bool]]:
@@ -223,6 +248,12 @@ class Tokenizer:
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         """Token ids of text; special-token strings in it are plain text unless allow_special."""
+        try:
+            return self._encode(text, allow_special)
+        except UnicodeEncodeError as e:
+            raise PromptError(f"text is not valid Unicode ({e.reason} at character {e.start})") from e
+
+    def _encode(self, text: str, allow_special: bool) -> list[int]:
         ids: list[int] = []
         word = self._word
         for raw, token in split_added(text, self._raw_matcher, self._added, allow_special):

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clova_edge.runtime.errors import TokenizerError
+from clova_edge.runtime.errors import PromptError, TokenizerError
 from clova_edge.runtime.onig_regex import translate_oniguruma
-from clova_edge.runtime.tokenizer import Tokenizer, from_spec, split_text
+from clova_edge.runtime.tokenizer import LONG_WORD, Tokenizer, bpe, bpe_long, from_spec, split_text
 from tokenizer_files import CORPUS, KOREAN, NAMES, runtime_tokenizer, tokenizer_json
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -84,6 +84,28 @@ def test_corpus_matches_tokenizers(pair: Pair):
 
 def test_long_korean_text_matches_tokenizers(pair: Pair):
     pair.check(KOREAN)
+
+
+def test_long_words_match_tokenizers(pair: Pair):
+    """Words longer than LONG_WORD bytes take the heap BPE; a 20k-space run must not take seconds."""
+    rng = random.Random(7)
+    syllables = "".join(chr(rng.randint(0xAC00, 0xD7A3)) for _ in range(3000))
+    for text in [" " * 20000 + "x", "\n" * 5000, syllables, "ab" * 5000, "한국어" * 40, "😉" * 30]:
+        pair.check(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from("가나한국어 abXY01\n😉"), max_size=LONG_WORD // 3))
+def test_heap_bpe_equals_list_bpe(text: str):
+    tok = runtime_tokenizer("merges")
+    ids = [tok._byte_ids[b] for b in text.encode()]
+    assert len(ids) <= LONG_WORD
+    assert bpe_long(list(ids), tok._merges) == bpe(list(ids), tok._merges)
+
+
+def test_invalid_text_is_a_prompt_error():
+    with pytest.raises(PromptError, match="surrogate"):
+        runtime_tokenizer("hyperclovax").encode("abc \ud800 def")
 
 
 def test_seeded_fuzz_matches_tokenizers(pair: Pair):
