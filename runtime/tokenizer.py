@@ -9,8 +9,8 @@ Supported: model BPE (no dropout, no byte_fallback, no subword prefix/suffix, op
 normalizer, pre_tokenizer ByteLevel or a Sequence of Split steps ending in ByteLevel, decoder ByteLevel.
 Anything else raises TokenizerError naming the file and the field.
 
-Only the standard library and `regex`: the patterns are Oniguruma's (possessive quantifiers, \p{..} classes,
-set operations), which `re` cannot express; onig_regex.py translates them.
+Only the standard library and `regex` (in pretokenize.py): the patterns are Oniguruma's (possessive quantifiers,
+\p{..} classes, set operations), which `re` cannot express; onig_regex.py translates them.
 """
 
 from __future__ import annotations
@@ -19,21 +19,12 @@ import functools
 import heapq
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import regex
-
 from .errors import PromptError, TokenizerError
-from .onig_regex import translate_oniguruma
+from .pretokenize import AddedToken, added_matcher, pre_tokenizer_steps, split_added
 
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-SPLIT_BEHAVIORS = ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous")
-_WORD_START = regex.compile(r"\w")
-_WORD_END = regex.compile(r"\w\Z")
-_SPACES_AT_END = regex.compile(r"\s*\Z")
-_SPACES_AT_START = regex.compile(r"\s*")
-CACHE_WORDS = 1 << 16
+CACHE_WORDS = 1 << 16  # pre-tokens whose BPE result is kept (LRU)
 _NO_RANK = 1 << 62
 LONG_WORD = 96  # bytes; longer words use the heap version of BPE
 
@@ -115,88 +106,6 @@ def bpe_long(ids: list[int], merges: Merges) -> list[int]:
     return [s for s in sym if s >= 0]
 
 
-def find_spans(pattern: regex.Pattern, text: str, invert: bool) -> list[tuple[int, int, bool]]:
-    """Cover text with (start, end, is_match) spans: the pattern's matches and the gaps between them."""
-    spans, pos = [], 0
-    for m in pattern.finditer(text):
-        start, end = m.span()
-        if start > pos:
-            spans.append((pos, start, invert))
-        spans.append((start, end, not invert))
-        pos = end
-    if pos < len(text):
-        spans.append((pos, len(text), invert))
-    return spans
-
-
-def split_text(pattern: regex.Pattern, text: str, behavior: str, invert: bool = False) -> list[str]:
-    """The Split pre-tokenizer: cut text where the pattern matches, keeping matches as `behavior` says."""
-    spans = find_spans(pattern, text, invert)
-    if behavior == "Removed":
-        return [text[s:e] for s, e, hit in spans if not hit and e > s]
-    if behavior == "MergedWithNext":
-        spans = [(-e, -s, hit) for s, e, hit in reversed(spans)]
-    merged: list[list[int]] = []
-    previous = False
-    for s, e, hit in spans:
-        glue = (hit == previous) if behavior == "Contiguous" else (hit and not previous)
-        if behavior != "Isolated" and glue and merged:
-            merged[-1][1] = e
-        else:
-            merged.append([s, e])
-        previous = hit
-    if behavior == "MergedWithNext":
-        merged = [[-e, -s] for s, e in reversed(merged)]
-    return [text[s:e] for s, e in merged if e > s]
-
-
-@dataclass(frozen=True)
-class AddedToken:
-    """One entry of tokenizer.json's added_tokens."""
-
-    id: int
-    content: str
-    special: bool = False
-    lstrip: bool = False
-    rstrip: bool = False
-    single_word: bool = False
-    normalized: bool = False
-
-
-def split_added(
-    text: str, matcher: regex.Pattern | None, tokens: Mapping[str, AddedToken], allow_special: bool
-) -> list[tuple[str, AddedToken | None]]:
-    """Cut added tokens out of text as `tokenizers` does: leftmost-longest, honouring the token flags."""
-    if matcher is None:
-        return [(text, None)]
-    out: list[tuple[str, AddedToken | None]] = []
-    done = 0
-    for m in matcher.finditer(text):
-        token, (start, stop) = tokens[m.group()], m.span()
-        if token.special and not allow_special:
-            continue
-        if token.single_word and (
-            (start > 0 and _WORD_END.search(text, 0, start)) or _WORD_START.match(text, stop)
-        ):
-            continue
-        if token.lstrip:
-            start = max(_SPACES_AT_END.search(text, 0, start).start(), done)
-        if token.rstrip:
-            stop = _SPACES_AT_START.match(text, stop).end()
-        if done < start:
-            out.append((text[done:start], None))
-        out.append((text[start:stop], token))
-        done = stop
-    if done < len(text):
-        out.append((text[done:], None))
-    return out
-
-
-def _added_matcher(tokens: Iterable[AddedToken]) -> regex.Pattern | None:
-    contents = sorted({t.content for t in tokens if t.content}, key=len, reverse=True)
-    return regex.compile("|".join(regex.escape(c) for c in contents)) if contents else None
-
-
 class Tokenizer:
     """A byte-level BPE tokenizer; build it with Tokenizer.from_file(path to tokenizer.json)."""
 
@@ -217,8 +126,8 @@ class Tokenizer:
         self._complete = None not in self._byte_ids
         self._merges = _merge_table(vocab, merges, source)
         self._added = {t.content: t for t in added}
-        self._raw_matcher = _added_matcher(t for t in added if not t.normalized)
-        self._normalized_matcher = _added_matcher(t for t in added if t.normalized)
+        self._raw_matcher = added_matcher(t for t in added if not t.normalized)
+        self._normalized_matcher = added_matcher(t for t in added if t.normalized)
         self._steps = tuple(pre_steps)
         self.vocab_size = 1 + max([*vocab.values(), *(t.id for t in added)])
         table: list[bytes] = [b""] * self.vocab_size
@@ -333,27 +242,3 @@ def from_spec(spec: Mapping, source: str = "tokenizer.json") -> Tokenizer:
     return Tokenizer(vocab=model["vocab"], merges=merges, added=added,
                      pre_steps=pre_tokenizer_steps(spec.get("pre_tokenizer"), source),
                      ignore_merges=bool(model.get("ignore_merges", False)), source=source)
-
-
-def pre_tokenizer_steps(spec: Mapping | None, source: str) -> list[Callable[[str], list[str]]]:
-    """The pre-tokenizer as a list of str -> pieces functions: Split steps, then one final ByteLevel."""
-    flat = list(spec.get("pretokenizers", [])) if spec and spec.get("type") == "Sequence" else [spec]
-    if not flat or not flat[-1] or flat[-1].get("type") != "ByteLevel":
-        raise TokenizerError(f"{source}: pre_tokenizer must be ByteLevel or a Sequence ending in ByteLevel; "
-                             "only byte-level BPE tokenizers are supported")
-    steps = []
-    for step in flat[:-1]:
-        if step.get("type") != "Split" or step.get("behavior") not in SPLIT_BEHAVIORS:
-            raise TokenizerError(f"{source}: pre_tokenizer step {step.get('type')!r} "
-                                 f"(behavior {step.get('behavior')!r}) is not supported")
-        pattern = step["pattern"]
-        text = translate_oniguruma(pattern["Regex"]) if "Regex" in pattern else regex.escape(pattern["String"])
-        steps.append(functools.partial(split_text, regex.compile(text), behavior=step["behavior"],
-                                       invert=bool(step.get("invert", False))))
-    last = flat[-1]
-    if last.get("add_prefix_space", False):
-        steps.append(lambda piece: [piece if piece.startswith(" ") else " " + piece])
-    if last.get("use_regex", True):
-        steps.append(functools.partial(split_text, regex.compile(translate_oniguruma(GPT2_PATTERN)),
-                                       behavior="Isolated"))
-    return steps

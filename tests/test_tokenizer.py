@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from clova_edge.runtime.errors import PromptError, TokenizerError
 from clova_edge.runtime.onig_regex import translate_oniguruma
-from clova_edge.runtime.tokenizer import LONG_WORD, Tokenizer, bpe, bpe_long, from_spec, split_text
+from clova_edge.runtime.pretokenize import split_text
+from clova_edge.runtime.tokenizer import LONG_WORD, Tokenizer, bpe, bpe_long, from_spec
 from tokenizer_files import CORPUS, KOREAN, NAMES, runtime_tokenizer, tokenizer_json
 
 tokenizers = pytest.importorskip("tokenizers")
