@@ -41,6 +41,10 @@ def find_spans(pattern: regex.Pattern, text: str, invert: bool) -> list[tuple[in
 
 def split_text(pattern: regex.Pattern, text: str, behavior: str, invert: bool = False) -> list[str]:
     """The Split pre-tokenizer: cut text where the pattern matches, keeping matches as `behavior` says."""
+    if behavior == "Isolated" and not pattern.groups:
+        pieces = pattern.findall(text)  # fast path: when the matches cover the text there are no gaps
+        if sum(map(len, pieces)) == len(text):
+            return [p for p in pieces if p]
     spans = find_spans(pattern, text, invert)
     if behavior == "Removed":
         return [text[s:e] for s, e, hit in spans if not hit and e > s]
