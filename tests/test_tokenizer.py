@@ -260,3 +260,29 @@ def test_runtime_tokenizer_imports_no_heavy_libraries():
             "print(sorted({'torch', 'transformers', 'tokenizers', 'tiktoken'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+PRE_TOKENIZER_VARIANTS = {
+    "prefix-space": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+    "split-then-prefix": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"\p{N}{1,3}+|\s+"}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": False}]},
+    "merged-with-next": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"\s+"}, "behavior": "MergedWithNext", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]},
+    "string-removed": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"String": ". "}, "behavior": "Removed", "invert": False},
+        {"type": "Split", "pattern": {"Regex": r"[가-힣]+"}, "behavior": "Contiguous", "invert": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(PRE_TOKENIZER_VARIANTS))
+def test_pre_tokenizer_variants_match_tokenizers(variant: str):
+    """SmolLM2's vocab under other pre-tokenizers: prefix spaces, Split behaviors, String patterns, invert."""
+    spec = json.loads(tokenizer_json("smollm2").read_text(encoding="utf-8"))
+    spec["pre_tokenizer"] = PRE_TOKENIZER_VARIANTS[variant]
+    ours, ref = from_spec(spec), tokenizers.Tokenizer.from_str(json.dumps(spec))
+    rng = random.Random(5)
+    for text in [*CORPUS, *(random_text(rng) for _ in range(300))]:
+        assert ours.encode(text, allow_special=True) == ref.encode(text, add_special_tokens=False).ids, text
