@@ -107,7 +107,11 @@ def bpe_long(ids: list[int], merges: Merges) -> list[int]:
 
 
 class Tokenizer:
-    """A byte-level BPE tokenizer; build it with Tokenizer.from_file(path to tokenizer.json)."""
+    """A byte-level BPE tokenizer; build it with Tokenizer.from_file(path to tokenizer.json).
+
+    vocab_size is 1 + the largest id (vocab or added token): the least rows an embedding needs.
+    special_tokens maps the content of every added token marked special to its id.
+    """
 
     def __init__(
         self,
@@ -117,6 +121,7 @@ class Tokenizer:
         added: Sequence[AddedToken],
         pre_steps: Sequence[Callable[[str], list[str]]],
         ignore_merges: bool = False,
+        unk_token: str | None = None,
         source: str = "tokenizer.json",
     ):
         alphabet = byte_level_alphabet()
@@ -124,6 +129,9 @@ class Tokenizer:
         # A byte missing from the vocab is dropped (its neighbours may merge), as `tokenizers` does without unk.
         self._byte_ids = tuple(vocab.get(c) for c in alphabet)
         self._complete = None not in self._byte_ids
+        if unk_token is not None and not self._complete:
+            raise TokenizerError(f"{source}: model.unk_token is set and some of the 256 byte tokens are missing "
+                                 "from model.vocab; unknown-token handling is not supported")
         self._merges = _merge_table(vocab, merges, source)
         self._added = {t.content: t for t in added}
         self._raw_matcher = added_matcher(t for t in added if not t.normalized)
@@ -153,7 +161,10 @@ class Tokenizer:
             spec = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise TokenizerError(f"{path}: cannot read tokenizer.json ({e})") from e
-        return from_spec(spec, str(path))
+        try:
+            return from_spec(spec, str(path))
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise TokenizerError(f"{path}: malformed tokenizer.json ({type(e).__name__}: {e})") from e
 
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         """Token ids of text; special-token strings in it are plain text unless allow_special."""
@@ -225,7 +236,7 @@ def from_spec(spec: Mapping, source: str = "tokenizer.json") -> Tokenizer:
     if model.get("type", "BPE") != "BPE" or "merges" not in model:
         raise TokenizerError(f"{source}: model.type {model.get('type')!r} is not supported; only BPE is")
     for field, ok in [("dropout", None), ("byte_fallback", False), ("continuing_subword_prefix", ""),
-                      ("end_of_word_suffix", ""), ("unk_token", None)]:
+                      ("end_of_word_suffix", "")]:
         if (model.get(field) or ok) != ok:
             raise TokenizerError(f"{source}: model.{field}={model[field]!r} is not supported")
     if spec.get("normalizer") is not None:
@@ -241,4 +252,5 @@ def from_spec(spec: Mapping, source: str = "tokenizer.json") -> Tokenizer:
              for t in spec.get("added_tokens") or []]
     return Tokenizer(vocab=model["vocab"], merges=merges, added=added,
                      pre_steps=pre_tokenizer_steps(spec.get("pre_tokenizer"), source),
-                     ignore_merges=bool(model.get("ignore_merges", False)), source=source)
+                     ignore_merges=bool(model.get("ignore_merges", False)), unk_token=model.get("unk_token"),
+                     source=source)

@@ -235,6 +235,9 @@ def smol_with_added():
     (lambda s: s.update(normalizer={"type": "NFC"}), "normalizer"),
     (lambda s: s["model"].update(type="WordPiece"), "model.type"),
     (lambda s: s["model"].update(byte_fallback=True), "byte_fallback"),
+    (lambda s: s["model"].update(unk_token="<|endoftext|>"), "unk_token"),  # SmolLM2 lacks some byte tokens
+    (lambda s: s["model"]["merges"].append("Ġ nope"), r"merges\[48900\]"),
+    (lambda s: s["added_tokens"][0].pop("content"), "malformed"),
     (lambda s: s.update(decoder={"type": "Metaspace"}), "decoder"),
     (lambda s: s.update(pre_tokenizer={"type": "Whitespace"}), "pre_tokenizer"),
     (lambda s: s.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
