@@ -107,6 +107,7 @@ def split_added(
 
 
 def added_matcher(tokens: Iterable[AddedToken]) -> regex.Pattern | None:
+    """One alternation of the contents, longest first: leftmost-longest, like the Aho-Corasick of `tokenizers`."""
     contents = sorted({t.content for t in tokens if t.content}, key=len, reverse=True)
     return regex.compile("|".join(regex.escape(c) for c in contents)) if contents else None
 
@@ -123,13 +124,27 @@ def pre_tokenizer_steps(spec: Mapping | None, source: str) -> list[Callable[[str
             raise TokenizerError(f"{source}: pre_tokenizer step {step.get('type')!r} "
                                  f"(behavior {step.get('behavior')!r}) is not supported")
         pattern = step["pattern"]
-        text = translate_oniguruma(pattern["Regex"]) if "Regex" in pattern else regex.escape(pattern["String"])
-        steps.append(functools.partial(split_text, regex.compile(text), behavior=step["behavior"],
+        text = _translate(pattern["Regex"], source) if "Regex" in pattern else regex.escape(pattern["String"])
+        steps.append(functools.partial(split_text, _compile(text, source), behavior=step["behavior"],
                                        invert=bool(step.get("invert", False))))
     last = flat[-1]
     if last.get("add_prefix_space", False):
         steps.append(lambda piece: [piece if piece.startswith(" ") else " " + piece])
     if last.get("use_regex", True):
-        steps.append(functools.partial(split_text, regex.compile(translate_oniguruma(GPT2_PATTERN)),
+        steps.append(functools.partial(split_text, _compile(translate_oniguruma(GPT2_PATTERN), source),
                                        behavior="Isolated"))
     return steps
+
+
+def _translate(pattern: str, source: str) -> str:
+    try:
+        return translate_oniguruma(pattern)
+    except TokenizerError as e:
+        raise TokenizerError(f"{source}: pre_tokenizer {e}") from e
+
+
+def _compile(pattern: str, source: str) -> regex.Pattern:
+    try:
+        return regex.compile(pattern)
+    except regex.error as e:
+        raise TokenizerError(f"{source}: pre_tokenizer regex {pattern[:80]!r} does not compile ({e})") from e

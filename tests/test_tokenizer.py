@@ -242,6 +242,9 @@ def smol_with_added():
     (lambda s: s.update(pre_tokenizer={"type": "Whitespace"}), "pre_tokenizer"),
     (lambda s: s.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel"}]}), "Digits"),
+    (lambda s: s.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": r"\R+"}, "behavior": "Isolated"}, {"type": "ByteLevel"}]}),
+     r"escape \\R"),
 ])
 def test_unsupported_features_raise(tmp_path, change, message: str):
     spec = json.loads(tokenizer_json("smollm2").read_text(encoding="utf-8"))
