@@ -7,6 +7,7 @@ import json
 import sys
 
 from clova_edge.runtime.engine import Engine
+from clova_edge.runtime.errors import PromptError
 from clova_edge.runtime.generate import Event
 from clova_edge.runtime.settings import GenerationSettings
 
@@ -95,6 +96,8 @@ def answer_once(engine: Engine, settings: GenerationSettings, text: str, *, syst
                 json_out: bool = False, raw: bool = False) -> None:
     """Print only the answer (streamed), or one JSON object with text, token ids, finish reason and stats."""
     text = text.rstrip("\n")
+    if not text.strip():
+        raise PromptError("the prompt is empty (nothing on stdin?): give some text")
     prompt = text if raw else [*([{"role": "system", "content": system}] if system else []),
                                {"role": "user", "content": text}]
     parts, ids, last = [], [], None

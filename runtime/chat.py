@@ -74,6 +74,8 @@ class ChatSession:
     def _send(self, text: str, settings: GenerationSettings) -> Iterator[Event]:
         engine, ctx = self.engine, self.engine.model.config.context_length
         text = engine.check_text(text)
+        if not text.strip():
+            raise PromptError("the message is empty: give some text")
         self.messages.append({"role": "user", "content": text})
         reserve = min(settings.max_new_tokens, ctx // 4)
         ids, dropped = self._fit(reserve)

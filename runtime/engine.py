@@ -45,6 +45,8 @@ class Engine:
             template = ChatTemplate.from_tokenizer_config(manifest.folder / manifest.tokenizer_config_file)
         except (OSError, ValueError) as e:
             raise TokenizerError(f"{manifest.folder}: cannot read the tokenizer files ({e}); re-export the model") from None
+        except TokenizerError as e:  # names the file; add what to do
+            raise TokenizerError(f"{e}; re-export the model (`clova-edge export MODEL {manifest.folder}`)") from None
         return cls(manifest, OnnxModel(manifest, v, threads=threads), tokenizer, template)
 
     def default_settings(self, **overrides: Any) -> GenerationSettings:
@@ -66,9 +68,13 @@ class Engine:
         Special-token text typed by a user stays plain text unless allow_special=True (raw-text mode only)."""
         if isinstance(prompt, str):
             prompt = self.check_text(prompt)
+            if not prompt.strip():
+                raise PromptError("the prompt is empty: give some text")
             if not chat_template:
                 return self.tokenizer.encode(prompt, allow_special=allow_special)
             prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, (list, tuple)) or not all(isinstance(m, dict) for m in prompt):
+            raise PromptError(f"the prompt must be a str or a list of message dicts, got {type(prompt).__name__}")
         for m in prompt:
             self.check_text(m.get("content", ""))
         return encode_chat(self.template, self.tokenizer, list(prompt))

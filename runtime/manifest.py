@@ -112,7 +112,7 @@ class Manifest:
 
 def _need(d: dict[str, Any], key: str, where: str) -> Any:
     if not isinstance(d, dict) or key not in d:
-        raise ManifestError(f"manifest.json: missing field {where}.{key}")
+        raise ManifestError(f"missing field {where + '.' if where else ''}{key}")
     return d[key]
 
 
@@ -138,7 +138,8 @@ def load_manifest(folder: str | Path) -> Manifest:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestError(f"{path}: not valid JSON ({e}); re-export the model") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise ManifestError(f"{path}: not a clova-edge manifest (field 'format' must be {FORMAT!r})")
+        raise ManifestError(f"{path}: not a clova-edge manifest (field 'format' must be {FORMAT!r}); "
+                            f"re-export the model (`clova-edge export MODEL {folder}`)")
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise ManifestError(f"{path}: format_version {version!r} is not supported by this clova-edge "
@@ -164,8 +165,10 @@ def load_manifest(folder: str | Path) -> Manifest:
             tokenizer_file=str(_need(tok, "file", "tokenizer")),
             tokenizer_config_file=str(_need(tok, "config_file", "tokenizer")),
         )
-    except ManifestError:
-        raise
+    except ManifestError as e:
+        if str(path) in str(e):
+            raise
+        raise ManifestError(f"{path}: {e}; re-export the model (`clova-edge export MODEL {folder}`)") from None
     except (TypeError, ValueError, AttributeError) as e:
         raise ManifestError(f"{path}: malformed ({type(e).__name__}: {e}); re-export the model") from None
 
