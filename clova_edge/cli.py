@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from clova_edge.runtime.errors import ClovaEdgeError
+from clova_edge.runtime.errors import ClovaEdgeError, PromptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Run HyperCLOVAX-SEED-Text-Instruct-0.5B (and other small Llama-style models) on CPU/ARM.")
@@ -45,6 +45,16 @@ def _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetiti
                                    stop=tuple(stop) if stop else None)
 
 
+def _read_stdin() -> str:
+    """All of stdin as text; bytes that are not UTF-8 are a PromptError (not a traceback, not U+FFFD)."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PromptError(f"stdin is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                          "convert it first, e.g. `iconv -f cp949 -t utf-8`") from None
+
+
 def _load(model: Optional[Path], variant: Optional[str], threads: Optional[int]):
     from clova_edge.runtime.engine import Engine
     return Engine.load(model_dir(model), variant=variant, threads=threads)
@@ -64,7 +74,7 @@ def chat(model: Optional[Path] = ModelArg, variant: Optional[str] = Variant, thr
     if sys.stdin.isatty() and not json_out:
         run_repl(engine, settings, system)
     else:
-        answer_once(engine, settings, sys.stdin.read(), system=system, json_out=json_out)
+        answer_once(engine, settings, _read_stdin(), system=system, json_out=json_out)
 
 
 @app.command()
@@ -81,7 +91,7 @@ def generate(prompt: str = typer.Argument(..., help="the prompt (a user message;
     from clova_edge.repl import answer_once
     engine = _load(model, variant, threads)
     settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
-    text = sys.stdin.read() if prompt == "-" else prompt
+    text = _read_stdin() if prompt == "-" else prompt
     answer_once(engine, settings, text, system=system, json_out=json_out, raw=raw)
 
 
