@@ -115,14 +115,41 @@ def _run_quantizers(folder: Path, quantize: tuple[str, ...], say: Callable[[str]
         quantize_folder(folder, bits=QUANT_BITS[name], progress=say)
 
 
-def _replace_atomically(tmp: Path, out_dir: Path) -> None:
+def _replace_atomically(tmp: Path, out_dir: Path, *, force: bool = True) -> None:
     old = None
-    if out_dir.exists():
+    if out_dir.exists() and force:
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)
-    tmp.rename(out_dir)
+    try:
+        tmp.rename(out_dir)   # fails if out_dir appeared meanwhile (another export): never replaced unasked
+    except OSError as e:
+        raise ExportError(f"{out_dir}: appeared while exporting (another export?) and was kept; "
+                          f"pass --force to replace it ({e.strerror})") from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(out_dir: Path) -> None:
+    """Tidy what a killed export left beside out_dir (only folders whose process is gone): a partial folder
+    is deleted; a good model moved aside by a --force replace is put back if the new one never arrived."""
+    for p in sorted(out_dir.parent.glob(f".{out_dir.name}.*-*")):
+        kind, _, pid = p.name.removeprefix(f".{out_dir.name}.").rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not out_dir.exists() and (p / mf.MANIFEST_NAME).is_file():
+            p.rename(out_dir)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
@@ -133,6 +160,8 @@ def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
     out_dir = Path(out_dir)
     quantize = tuple(quantize)
     _check_quantize(quantize)
+    if out_dir.parent.is_dir():
+        clean_leftovers(out_dir)
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir}: already exists; choose another folder or pass --force to replace it")
     t0 = time.monotonic()
@@ -181,7 +210,7 @@ def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
         manifest["files"] = _files_section(tmp)
         _write_json(tmp / mf.MANIFEST_NAME, manifest)
         mf.load_manifest(tmp)   # what the runtime will read must validate
-        _replace_atomically(tmp, out_dir)
+        _replace_atomically(tmp, out_dir, force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
