@@ -96,7 +96,8 @@ def build_manifest(src: S.Source, config: ModelConfig, folder: Path, parity: dic
 def _check_quantize(quantize: tuple[str, ...]) -> None:
     unknown = [q for q in quantize if q not in QUANT_BITS]
     if unknown:
-        raise ExportError(f"unknown quantization {unknown}; choose from {', '.join(QUANT_BITS)}")
+        raise ExportError(f"unknown quantization {unknown}; choose from {', '.join(QUANT_BITS)} "
+                          f"(fp32 is always exported)")
 
 
 def _run_quantizers(folder: Path, quantize: tuple[str, ...], say: Callable[[str], None]) -> None:
@@ -158,7 +159,7 @@ def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
     """Export source to out_dir (model.onnx + data, tokenizer files, manifest.json); returns out_dir."""
     say = progress or (lambda _msg: None)
     out_dir = Path(out_dir)
-    quantize = tuple(quantize)
+    quantize = tuple(q for q in quantize if q not in ("fp32", "none"))   # fp32 is always exported
     _check_quantize(quantize)
     if out_dir.parent.is_dir():
         clean_leftovers(out_dir)
