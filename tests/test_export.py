@@ -189,3 +189,13 @@ def test_untied_lm_head_exports_and_verifies(tmp_path):
 def test_unknown_quantization_is_refused_before_work(tmp_path):
     with pytest.raises(ExportError, match="unknown quantization.*int8, int4"):
         pipeline.export_model(build("tiny"), tmp_path / "out", quantize=("int3",))
+
+
+@pytest.mark.slow
+def test_full_size_model_exports_and_verifies(tmp_path):
+    """The full-size random HyperCLOVAX-shaped model (566,281,216 parameters): ~4 min, ~7.7 GB peak RSS."""
+    out = pipeline.export_model(build("full"), tmp_path / "full", quantize=())
+    m = _manifest(out)
+    assert m["source"]["parameters"] == 566_281_216 and m["model"]["context_length"] == 4096
+    assert m["verification"]["fp32"]["tokens_equal"]
+    assert m["graph"]["operators"]["GroupQueryAttention"] == 24
