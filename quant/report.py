@@ -73,15 +73,25 @@ def _logits(sess: ort.InferenceSession, manifest: Manifest, window: np.ndarray) 
     return out[0, :-1].astype(np.float32)          # [S-1, V]: predictions of tokens 1..S-1
 
 
-def quality_report(manifest: Manifest, ids: np.ndarray, *, quantized_file: Path,
-                   reference_file: Path | None = None, window: int = WINDOW, threads: int = 2) -> dict[str, Any]:
-    """Compare the reference (fp32 variant by default) and a quantized graph on `ids`."""
+def reference_logprobs(manifest: Manifest, ids: np.ndarray, *, reference_file: Path | None = None,
+                       window: int = WINDOW, threads: int = 2) -> list[np.ndarray]:
+    """Per-window fp32 log-probabilities (float16, [S-1, V] each), to compare many variants against one run."""
     ref = make_session(reference_file or manifest.folder / manifest.variants["fp32"].file, threads)
+    return [_log_softmax(_logits(ref, manifest, w)).astype(np.float16) for w in windows(ids, window)]
+
+
+def quality_report(manifest: Manifest, ids: np.ndarray, *, quantized_file: Path,
+                   reference_file: Path | None = None, window: int = WINDOW, threads: int = 2,
+                   reference: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Compare the reference (fp32 variant by default, or precomputed `reference` log-probs) and a quantized
+    graph on `ids`."""
+    ref = None if reference is not None else make_session(
+        reference_file or manifest.folder / manifest.variants["fp32"].file, threads)
     qs = make_session(quantized_file, threads)
     nll_r = nll_q = kl = 0.0
     agree = n = 0
-    for w in windows(ids, window):
-        lr = _log_softmax(_logits(ref, manifest, w))
+    for i, w in enumerate(windows(ids, window)):
+        lr = reference[i].astype(np.float32) if reference is not None else _log_softmax(_logits(ref, manifest, w))
         lq = _log_softmax(_logits(qs, manifest, w))
         tgt = w[1:]
         rows = np.arange(len(tgt))

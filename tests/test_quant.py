@@ -182,7 +182,7 @@ def tiny_quantized(tiny_model_dir: Path, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("name,ops", [("int4", {"MatMulNBits", "GatherBlockQuantized"}),
-                                      ("int8", {"DynamicQuantizeMatMul", "GatherBlockQuantized"})])
+                                      ("int8", {"MatMulNBits", "GatherBlockQuantized"})])
 def test_tiny_folder_variants(tiny_quantized: Path, name: str, ops: set[str]):
     from clova_edge.runtime.manifest import load_manifest, verify_files
 
@@ -243,3 +243,15 @@ def test_smollm2_quality_bounds(smollm2_quantized: Path, bits: int):
     max_dppl, max_kl, min_top1 = SMOLLM2_BOUNDS[bits]
     assert q["ppl_delta_pct"] < max_dppl and q["mean_kl"] < max_kl and q["top1_agreement"] > min_top1, q
     assert not _fp32_linear_weights(smollm2_quantized / v.file)
+
+
+def test_out_folder_holds_only_the_new_variant(tiny_quantized: Path, tmp_path: Path):
+    from clova_edge.runtime.manifest import load_manifest, verify_files
+
+    out = tmp_path / "int4-only"
+    quantize_model_folder(tiny_quantized, 4, method="rtn", evaluate=False, out_folder=out)
+    m = load_manifest(out)
+    assert list(m.variants) == ["int4"] and (out / m.tokenizer_file).is_file()
+    verify_files(m)
+    with pytest.raises(QuantizeError, match="already exists"):
+        quantize_model_folder(tiny_quantized, 4, evaluate=False, out_folder=out)
