@@ -42,5 +42,10 @@ bench: $(STAMP)
 bench-smoke: $(STAMP)
 	$(VPY) -m clova_edge.benchmarks.bench --smoke --out .cache/bench/smoke-results
 
+# arm64 proof under qemu-user (needs root + apt-get install debootstrap qemu-user-static binfmt-support zstd):
+# installs the runtime as the README's Raspberry Pi section says, runs it, compares greedy tokens with x86.
+test-arm: $(STAMP)
+	arm/test-arm.sh
+
 clean:
 	rm -rf .cache build *.egg-info

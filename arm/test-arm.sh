@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# arm/test-arm.sh - prove clova-edge on arm64: a Debian arm64 root run under qemu-user emulation (make test-arm).
+#   arm/test-arm.sh          build or restore the root, install the runtime as the README tells a Pi user, copy in
+#                            the exported INT4 test models, run `clova-edge generate`, the runtime-only tests and
+#                            the x86-vs-arm64 greedy comparison
+#   arm/test-arm.sh root     only build (or restore) the cached root
+#   arm/test-arm.sh shell    an interactive shell in the root (mounted; unmounted on exit)
+#   arm/test-arm.sh clean    unmount and delete arm/.root (keeps arm/.cache: the root tarball, wheels and models)
+# ARM_CPU=cortex-a76 (Raspberry Pi 5, default) | cortex-a72 (Raspberry Pi 4) | neoverse-n1 picks the emulated CPU;
+# ARM_MODELS="tiny smollm2" the test models. Needs root and: apt-get install debootstrap qemu-user-static
+# binfmt-support zstd. Results: arm/.cache/results.txt, timings: arm/.cache/timings.txt, tests: arm/.cache/pytest.log
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+HOST_PY="$REPO_DIR/.venv/bin/python"
+HOST_CLI="$REPO_DIR/.venv/bin/clova-edge"
+MODELS="${ARM_MODELS:-tiny smollm2}"
+PROMPT="${ARM_PROMPT:-Hello! Who are you?}"
+NEW_TOKENS="${ARM_NEW_TOKENS:-12}"
+T0=$SECONDS
+
+phase() {  # phase NAME: log the time since the previous phase
+    local now=$SECONDS
+    [ -n "${PHASE_NAME:-}" ] && printf '%-28s %5ds\n' "$PHASE_NAME" $((now - PHASE_T)) >>"$TIMINGS"
+    PHASE_NAME="$1"; PHASE_T=$now
+    [ -n "$1" ] && arm_log "== $1"
+    return 0
+}
+
+# Runtime-only test files: those whose module-level imports need none of the build-time stack (torch, transformers,
+# tokenizers, tiktoken, gguf, onnx, clova_edge.export/quant/benchmarks). Tests that importorskip them skip. A Pi has
+# only the runtime.
+runtime_test_files() {
+    local f
+    for f in "$REPO_DIR"/tests/test_*.py; do
+        [ -e "$f" ] || continue
+        grep -qE '^(import|from)[[:space:]]+(torch|transformers|tokenizers|tiktoken|gguf|onnx|onnxscript|onnx_ir|clova_edge\.(export|quant|benchmarks))([[:space:].]|$)' "$f" \
+            || echo "tests/$(basename "$f")"
+    done
+}
+
+# The INT4 test models, made on the host (x86): the tests' exported fixture (tests/conftest.py, cached by exporter
+# hash) copied and quantized to INT4 with `clova-edge quantize`, into arm/.cache/models/NAME-HASH (fp32 + int4).
+declare -A MODEL_DIR
+export_models() {
+    local name fixture out
+    for name in $MODELS; do
+        fixture="$(cd "$REPO_DIR" && nice "$HOST_PY" -c "import sys; sys.path.insert(0, 'tests'); import conftest
+print(conftest.exported_test_model('$name'))" | tail -n 1)"
+        out="$ARM_CACHE/models/$(basename "$fixture")"
+        MODEL_DIR[$name]="$out"
+        [ -f "$out/manifest.json" ] && grep -q '"int4"' "$out/manifest.json" && continue
+        rm -rf "$out.part" && mkdir -p "$ARM_CACHE/models" && cp -r "$fixture" "$out.part"
+        nice "$HOST_CLI" quantize "$out.part" --bits 4 >"$ARM_CACHE/quantize-$name.log" 2>&1 \
+            || { tail -n 5 "$ARM_CACHE/quantize-$name.log"; arm_die "clova-edge quantize $out.part failed"; }
+        nice "$HOST_PY" - "$out.part" <<'PY'
+import sys, onnx  # the same INT4 graph with MatMulNBits computing in fp32 (accuracy_level 0): the strict check
+folder = sys.argv[1]
+m = onnx.load(f"{folder}/model.int4.onnx", load_external_data=False)
+for a in (a for n in m.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"):
+    a.i = 0
+onnx.save(m, f"{folder}/model.int4.acc0.onnx")
+PY
+        rm -rf "$out" && mv "$out.part" "$out"
+    done
+    for name in $MODELS; do  # drop exports made by older exporter versions
+        for out in "$ARM_CACHE/models/$name"-*; do
+            [ -d "$out" ] && [ "$out" != "${MODEL_DIR[$name]}" ] && rm -rf -- "$out"
+        done
+    done
+}
+
+install_runtime() {  # the README's Pi install, offline: pip install . into a fresh venv, from the wheelhouse
+    rm -rf "$ARM_ROOT/opt/src" && mkdir -p "$ARM_ROOT/opt/src"
+    (cd "$REPO_DIR" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -C "$ARM_ROOT/opt/src" -xf -
+    arm_chroot /opt/venv/bin/pip install -q --no-index --find-links /opt/wheels /opt/src
+    arm_chroot /opt/venv/bin/python -c "import sys, clova_edge, onnxruntime, numpy
+assert 'torch' not in sys.modules
+print('clova_edge', clova_edge.__version__, 'onnxruntime', onnxruntime.__version__, 'numpy', numpy.__version__)"
+    arm_chroot /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
+        || arm_die "torch is installed in the arm64 venv: the runtime must not need it"
+}
+
+copy_models() {
+    rm -rf "$ARM_ROOT/opt/models" && mkdir -p "$ARM_ROOT/opt/models"
+    local name
+    for name in $MODELS; do cp -r "${MODEL_DIR[$name]}" "$ARM_ROOT/opt/models/$name"; done
+}
+
+run_generate() {  # `clova-edge generate --json`, greedy, on both sides: reported (see run_greedy_check for why)
+    local name x86 arm
+    for name in $MODELS; do
+        x86="$("$HOST_CLI" generate "$PROMPT" --model "${MODEL_DIR[$name]}" --variant int4 --json \
+               --max-new-tokens "$NEW_TOKENS" --temperature 0)" || x86='{"error": "failed on x86"}'
+        arm="$(arm_chroot /opt/venv/bin/clova-edge generate "$PROMPT" --model "/opt/models/$name" --variant int4 --json \
+               --max-new-tokens "$NEW_TOKENS" --temperature 0)" || arm='{"error": "failed on arm64"}'
+        python3 - "$name" "$x86" "$arm" <<'PY' | tee -a "$RESULTS" || FAILED=1
+import json, sys
+name, x86, arm = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+for side, r in (("x86  ", x86), ("arm64", arm)):
+    print(f"{name} int4 clova-edge generate {side}: {r.get('tokens', r.get('error'))} {r.get('text', '')!r} "
+          f"(decode {r.get('decode_tps', '-')} tok/s)")
+same = "tokens" in x86 and x86.get("tokens") == arm.get("tokens") and x86.get("text") == arm.get("text")
+print(f"{name} int4 clova-edge generate: {'tokens and text identical' if same else 'different (int8 activations)'}")
+sys.exit(0 if "tokens" in x86 and "tokens" in arm else 1)
+PY
+    done
+}
+
+# Greedy ids + per-step logits with a bare onnxruntime session. The INT4 graph as exported computes MatMulNBits with
+# int8 activations (accuracy_level 4) where the CPU has int8 dot products (x86 AVX2/VNNI, Cortex-A76 = Pi 5), each
+# platform rounding its own way, else in fp32 (Cortex-A72 = Pi 4). So: (1) strict - the same INT4 weights computed in
+# fp32 (model.int4.acc0.onnx) must give identical tokens and logits within 1e-5 x max|logit|; (2) the graph as
+# exported must deviate from that reference on arm64 by at most 2x what it does on x86; (3) x86 vs arm64 as exported
+# is reported.
+run_greedy_check() {
+    local name d x86 arm
+    mkdir -p "$ARM_ROOT/opt/out"
+    for name in $MODELS; do
+        d="${MODEL_DIR[$name]}" x86="$ARM_CACHE/greedy-$name-x86" arm="$ARM_CACHE/greedy-$name-$ARM_CPU"
+        nice "$HOST_PY" "$ARM_DIR/greedy_check.py" dump "$d" "$x86-acc0.npz" --file model.int4.acc0.onnx
+        nice "$HOST_PY" "$ARM_DIR/greedy_check.py" dump "$d" "$x86-int4.npz"
+        arm_chroot /opt/venv/bin/python /opt/src/arm/greedy_check.py dump "/opt/models/$name" /opt/out/acc0.npz \
+            --file model.int4.acc0.onnx
+        arm_chroot /opt/venv/bin/python /opt/src/arm/greedy_check.py dump "/opt/models/$name" /opt/out/int4.npz
+        cp "$ARM_ROOT/opt/out/acc0.npz" "$arm-acc0.npz" && cp "$ARM_ROOT/opt/out/int4.npz" "$arm-int4.npz"
+        {
+            echo "== $name INT4 weights, fp32 compute (accuracy_level 0): x86 vs arm64 $ARM_CPU - must be identical"
+            "$HOST_PY" "$ARM_DIR/greedy_check.py" compare "$x86-acc0.npz" "$arm-acc0.npz" || FAILED=1
+            echo "== $name INT4 as exported (accuracy_level 4): deviation from that reference, x86 vs arm64 $ARM_CPU"
+            "$HOST_PY" "$ARM_DIR/greedy_check.py" noise "$x86-acc0.npz" "$x86-int4.npz" "$arm-int4.npz" || FAILED=1
+            echo "== $name INT4 as exported: x86 vs arm64 $ARM_CPU (reported, not required)"
+            "$HOST_PY" "$ARM_DIR/greedy_check.py" compare "$x86-int4.npz" "$arm-int4.npz" || true
+        } 2>&1 | tee -a "$RESULTS"
+    done
+}
+
+run_tests() {
+    local files
+    mapfile -t files < <(runtime_test_files)
+    [ "${#files[@]}" -gt 0 ] || { arm_log "no runtime-only test files found"; return 0; }
+    echo "runtime-only tests under arm64: ${files[*]}" >>"$RESULTS"
+    # The tests run against the installed package: from a folder holding only tests/, README.md and pyproject.toml
+    # (the source tree's clova_edge/ in the working directory would shadow the installed package).
+    rm -rf "$ARM_ROOT/opt/tests-run" && mkdir -p "$ARM_ROOT/opt/tests-run"
+    cp -r "$ARM_ROOT/opt/src/tests" "$ARM_ROOT/opt/src/README.md" "$ARM_ROOT/opt/src/pyproject.toml" "$ARM_ROOT/opt/tests-run/"
+    arm_chroot /bin/sh -c "cd /opt/tests-run && CLOVA_EDGE_TEST_MODELS=/opt/models /opt/venv/bin/pytest -q \
+        -p no:cacheprovider --durations=8 ${files[*]}" >"$ARM_CACHE/pytest.log" 2>&1 || FAILED=1
+    tail -n 14 "$ARM_CACHE/pytest.log" | tee -a "$RESULTS"
+}
+
+main() {
+    TIMINGS="$ARM_CACHE/timings.txt"; RESULTS="$ARM_CACHE/results.txt"; FAILED=0
+    : >"$RESULTS"; echo "# test-arm $(date -u +%FT%TZ) ARM_CPU=$ARM_CPU load $(cut -d' ' -f1-3 /proc/loadavg)" >>"$TIMINGS"
+    local restored=cached; [ -e "$ARM_ROOT/.clova-stage-venv" ] || { [ -e "$ARM_TARBALL" ] && restored=tarball || restored=scratch; }
+    phase "root ($restored)"; arm_ensure_root
+    phase "export models (host)"; export_models
+    arm_mount_all
+    phase "pip install . (arm64)"; install_runtime
+    copy_models
+    phase "clova-edge generate"; run_generate
+    phase "greedy x86 vs arm64"; run_greedy_check
+    phase "runtime tests (arm64)"; run_tests
+    phase ""
+    printf '%-28s %5ds\n' "total" $((SECONDS - T0)) >>"$TIMINGS"
+    arm_umount_all
+    cat "$RESULTS"; tail -n 9 "$TIMINGS"
+    [ "$FAILED" = 0 ] || arm_die "test-arm FAILED (see $RESULTS)"
+    arm_log "test-arm passed in $((SECONDS - T0))s"
+}
+
+trap 'arm_umount_all' EXIT
+arm_preflight
+mkdir -p "$ARM_CACHE"
+exec 9>"$ARM_CACHE/lock"
+flock -n 9 || arm_die "another test-arm run holds $ARM_CACHE/lock"
+
+case "${1:-all}" in
+    all) main ;;
+    root) arm_ensure_root ;;
+    shell) arm_ensure_root; arm_mount_all; arm_chroot /bin/bash -i || true ;;
+    clean) arm_remove_root ;;
+    *) arm_die "unknown command ${1}" ;;
+esac
