@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--clova-model", type=Path, default=None, help="exported folder to use (one model only)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per runtime run")
+    ap.add_argument("--llama-bench", default=None,
+                    help="GGUF types for llama-bench, e.g. Q4_0 ('' for none; default all, none with --only)")
     a = ap.parse_args(argv)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (the CLI's own progress lines)
     from clova_edge.export.testmodels import build
@@ -202,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in rec["result"]:
                 say(f"  failed: {rec['result']['error'][-300:]}")
             report.write_all(results, a.out)
-        if name == "full" and "llamacpp" in peers and not only:
-            entry["llama_bench"] = llama_bench(rows, a.threads, a.repetitions)
+        wanted = a.llama_bench if a.llama_bench is not None else ("" if only else ",".join(prepare.GGUF_TYPES))
+        types = [t for t in wanted.split(",") if t]
+        if name == "full" and types:
+            picked = [r for r in rows if r.peer == "llamacpp" and r.label.split()[-1] in types]
+            if picked:
+                say(f"[{name}] llama-bench {', '.join(types)} ...")
+                entry["llama_bench"] = llama_bench(picked, a.threads, a.repetitions)
+                report.write_all(results, a.out)
     results["install_seconds"] = envs.install_seconds()
     report.write_all(results, a.out)
     say(f"wrote {a.out}/bench.json, bench.md, bench.png")
@@ -214,8 +222,6 @@ def llama_bench(rows: list[Row], threads: int, reps: int) -> list[dict[str, Any]
     """llama.cpp's own benchmark on each GGUF: pp512, tg64 at depth 0 and 3500 (a cross-check of the binding)."""
     out = []
     for row in rows:
-        if row.peer != "llamacpp":
-            continue
         tool = Path(row.env["LLAMA_CPP_LIB_PATH"]) / "llama-bench"
         cmd = [str(tool), "-m", str(row.path), "-t", str(threads), "-p", "512", "-n", "64", "-d", "0,3500",
                "-r", str(reps), "-o", "json"]

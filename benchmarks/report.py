@@ -53,7 +53,7 @@ def speed_table(results: dict[str, Any], name: str) -> str:
     lengths = [str(n) for n in results["spec"]["prompt_lengths"]]
     head = (["runtime", "disk MB", "load s"] + [f"TTFT {n} s" for n in lengths]
             + ["decode tok/s (short)", f"decode tok/s @{results['spec']['long_context']}", "peak RSS MB",
-               "decode GB/s (% of probe)", "load avg start/end"])
+               "decode GB/s short / long (% of probe)", "load avg start/end"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, rec in entry["rows"].items():
         r = rec.get("result", {})
@@ -61,8 +61,9 @@ def speed_table(results: dict[str, Any], name: str) -> str:
             lines.append(f"| {label} | " + " | ".join(["failed"] + ["-"] * (len(head) - 2)) + " |")
             continue
         ds, dl = r.get("decode_short", {}), r.get("decode_long", {})
-        bw = bandwidth(rec, "decode_short", shape)
-        bw_txt = "-" if bw is None else f"{bw:.1f}" + (f" ({100 * bw / bw2:.0f}%)" if bw2 else "")
+        bws = [bandwidth(rec, k, shape) for k in ("decode_short", "decode_long")]
+        bw_txt = " / ".join("-" if bw is None else f"{bw:.1f}" + (f" ({100 * bw / bw2:.0f}%)" if bw2 else "")
+                            for bw in bws)
         cells = [label, _fmt(rec["disk_bytes"] / MB, 0), _fmt(r.get("load_s"), 2)]
         cells += [_spread(_get(r, "ttft_s", n)) for n in lengths]
         cells += [f"{_fmt(ds.get('tok_s'))} ({_fmt(ds.get('tok_s_low'))}-{_fmt(ds.get('tok_s_high'))})" if ds else "-",
@@ -99,6 +100,17 @@ def perplexity_table(results: dict[str, Any], name: str) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def llama_bench_table(entry: dict[str, Any]) -> str:
+    """llama.cpp's own llama-bench figures (pp = prompt tokens/s, tg = generated tokens/s, d = depth)."""
+    lines = ["| GGUF | test | tokens/s (+- stddev) |", "|---|---|---|"]
+    for item in entry.get("llama_bench", []):
+        for run in item.get("runs", []):
+            test = f"pp{run['n_prompt']}" if run.get("n_prompt") else f"tg{run['n_gen']}"
+            test += f" @ d{run['n_depth']}" if run.get("n_depth") else ""
+            lines.append(f"| {item['label']} | {test} | {run['avg_ts']:.1f} (+- {run['stddev_ts']:.1f}) |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 MODEL_SHAPES = {"full": {"layers": 24, "kv_heads": 8, "head_dim": 128},
                 "smollm2": {"layers": 30, "kv_heads": 3, "head_dim": 64},
                 "tiny": {"layers": 2, "kv_heads": 2, "head_dim": 64}}
@@ -115,6 +127,9 @@ def markdown(results: dict[str, Any]) -> str:
             scaling = scaling_table(results, name)
             if scaling:
                 out += [f"### {name}: thread scaling 1 -> 2", "", scaling, ""]
+        lb = llama_bench_table(results["models"][name])
+        if lb:
+            out += [f"### {name}: llama-bench (llama.cpp's own benchmark, same build and threads)", "", lb, ""]
         ppl = perplexity_table(results, name)
         if ppl:
             out += [f"### {name}: perplexity on quant/data/eval.txt (windows of {spec['perplexity_window']})",
