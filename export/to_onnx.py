@@ -44,6 +44,10 @@ def trace_to_onnx(model: ExportLlama, path: Path) -> None:
         program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=dynamic, opset_version=OPSET,
                                     input_names=input_names(n), output_names=output_names(n), verbose=False)
     program.save(str(path), external_data=True)
+    # onnxscript's rewrite rules (module globals) keep a reference to the last graph they matched, and through
+    # it to every weight: detach the weights from the graph so the module's memory is freed when it goes.
+    for value in program.model.graph.initializers.values():
+        value.const_value = None
 
 
 def graph_summary(path: Path) -> dict[str, Any]:
