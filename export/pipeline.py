@@ -85,6 +85,7 @@ def build_manifest(src: S.Source, config: ModelConfig, folder: Path, parity: dic
         "tokenizer": tokenizer,
         "stop": S.stop_section(src, tokenizer),
         "generation": S.generation_section(src),
+        "chat": S.chat_section(src),
         "variants": {"fp32": {"file": ONNX_FILE, "data_files": [DATA_FILE], "kv_dtype": "float32",
                               "quantization": {}, "size_bytes": size}},
         "verification": {"fp32": parity},

@@ -23,6 +23,8 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 HYPERCLOVAX_CONTEXT = 4096   # the model card promises 4K although config.json says 8192
 HYPERCLOVAX_STOP_STRINGS = ("<|endofturn|>", "<|stop|>")
 HYPERCLOVAX_REPETITION_PENALTY = 1.2   # the model card's recommendation (HF semantics)
+# The model card's system prompt: the assistant's name and today's date ({today} is filled in at chat time).
+HYPERCLOVAX_SYSTEM = '- AI 언어모델의 이름은 "CLOVA X" 이며 네이버에서 만들었다.\n- 오늘은 {today}이다.'
 # Tokens that end a turn or a text in the chat formats we know; whichever the vocabulary has become stop ids.
 STOP_TOKEN_CANDIDATES = ("<|im_end|>", "<|endofturn|>", "<|stop|>", "<|endoftext|>", "<|eot_id|>",
                          "<|end_of_text|>")
@@ -284,3 +286,8 @@ def generation_section(src: Source) -> dict[str, Any]:
         out["repetition_penalty"] = HYPERCLOVAX_REPETITION_PENALTY
     out["source"] = "generation_config.json" if gen else "defaults"
     return out
+
+
+def chat_section(src: Source) -> dict[str, Any]:
+    """Chat defaults the CLI uses: HyperCLOVAX's card gives a system prompt (name + today's date)."""
+    return {"default_system": HYPERCLOVAX_SYSTEM} if is_hyperclovax(src) else {}

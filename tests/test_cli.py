@@ -82,3 +82,12 @@ def test_interactive_chat_in_a_terminal(smollm2_model_dir):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_hyperclovax_default_system_prompt_has_todays_date(tiny_model_dir):
+    import datetime as dt
+    from clova_edge import Engine
+    from clova_edge.repl import default_system
+    engine = Engine.load(tiny_model_dir)
+    text = default_system(engine, dt.date(2025, 4, 24))
+    assert text == '- AI 언어모델의 이름은 "CLOVA X" 이며 네이버에서 만들었다.\n- 오늘은 2025년 04월 24일(목)이다.'
