@@ -304,11 +304,18 @@ def quantize_model_folder(folder: Path, bits: int, *, block_size: int = 32, symm
     t0 = time.perf_counter()
     if out_folder is not None and Path(out_folder).exists():
         raise _fail(f"{out_folder}: already exists; remove it or choose another out_folder")
-    model = onnx.load(str(folder / src.file), load_external_data=False)
+    try:
+        model = onnx.load(str(folder / src.file), load_external_data=False)
+    except Exception as e:  # onnx raises its own types (DecodeError, ValidationError)
+        raise _fail(f"{folder / src.file}: cannot read it ({type(e).__name__}); re-export the model") from None
     op = _already_quantized(model)
     if op is not None:
         raise _fail(f"{folder / src.file}: already quantized (contains {op}); quantize an fp32 export instead")
-    onnx.load_external_data_for_model(model, str((folder / src.file).parent))
+    try:
+        onnx.load_external_data_for_model(model, str((folder / src.file).parent))
+    except Exception as e:  # e.g. onnx refuses external data that is a symlink or has several hard links
+        raise _fail(f"{folder}: cannot read the fp32 weights ({str(e)[:200]}); if they are links, copy the "
+                    "files instead, else re-export the model") from None
     ids, skipped = None, None
     if evaluate or method == "act":
         try:
