@@ -310,3 +310,19 @@ def test_leftovers_of_a_killed_export_are_cleaned_or_restored(tmp_path):
     with pytest.raises(ExportError, match="appeared while exporting"):
         _replace_atomically(live, out, force=False)       # never replaced without --force
     assert (out / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("damage", ["symlinked weights", "garbage graph"])
+def test_quantize_of_an_unreadable_fp32_model_is_a_quantize_error(tiny_model_dir, tmp_path, damage):
+    from clova_edge.quant import quantize_model_folder
+    from clova_edge.runtime.errors import QuantizeError
+    d = tmp_path / "m"
+    d.mkdir()
+    for f in tiny_model_dir.iterdir():
+        (d / f.name).symlink_to(f)
+    if damage == "garbage graph":
+        (d / "model.onnx").unlink()
+        (d / "model.onnx").write_bytes(os.urandom(3000))
+    with pytest.raises(QuantizeError, match="model.onnx: cannot read" if damage == "garbage graph" else "links"):
+        quantize_model_folder(d, bits=4, evaluate=False, method="rtn")
+    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
