@@ -9,6 +9,7 @@ runs of one session); a ChatSession is for one thread at a time.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -53,14 +54,22 @@ class Engine:
         """The manifest's generation defaults (e.g. repetition_penalty 1.2 for HyperCLOVAX) with overrides."""
         return GenerationSettings.from_defaults(self.manifest.generation, **overrides)
 
+    @functools.cached_property
+    def _max_token_bytes(self) -> int:
+        return max(1, *(len(self.tokenizer.token_bytes(i)) for i in range(self.tokenizer.vocab_size)))
+
     def check_text(self, text: str) -> str:
-        """User text must be a str of valid Unicode (no lone surrogates)."""
+        """User text must be a str of valid Unicode (no lone surrogates), and not surely beyond the context:
+        no token spans more than the longest token's bytes, so huge input is refused before tokenizing it."""
         if not isinstance(text, str):
             raise PromptError(f"the prompt must be a str, got {type(text).__name__}")
         try:
-            text.encode("utf-8")
+            size = len(text.encode("utf-8"))
         except UnicodeEncodeError:
             raise PromptError("the prompt holds invalid Unicode (a lone surrogate); pass valid UTF-8 text") from None
+        ctx, at_least = self.model.config.context_length, size // self._max_token_bytes
+        if at_least >= ctx:
+            raise PromptError(f"the prompt is at least {at_least} tokens; the context is {ctx}: shorten it")
         return text
 
     def encode(self, prompt: str | Messages, *, chat_template: bool = True, allow_special: bool = False) -> list[int]:
