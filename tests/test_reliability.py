@@ -447,6 +447,15 @@ def test_prompt_longer_than_the_context(tiny):
     assert "".join(e.text for e in chat.send("short")) is not None
 
 
+def test_huge_input_is_refused_before_tokenizing(tiny):
+    huge = "안녕하세요 hello 😀 " * 200_000                  # 5.6 MB
+    for call in (lambda: tiny.generate(huge, ONE), lambda: tiny.encode(huge, chat_template=False),
+                 lambda: list(tiny.chat(settings=ONE).send(huge)),
+                 lambda: tiny.encode([{"role": "user", "content": huge}])):
+        with pytest.raises(PromptError, match="at least .* tokens; the context is"):
+            call()
+
+
 @pytest.mark.parametrize("bad", ["\ud800", "a\udfffb", "x\ud83d"])
 def test_lone_surrogates_are_prompt_errors_everywhere(tiny, bad):
     for call in (lambda: tiny.generate(bad, ONE), lambda: tiny.generate(bad, ONE, chat_template=False),
@@ -482,7 +491,7 @@ def test_cli_enormous_stdin_is_refused_quickly(tiny_model_dir):
     big = big.decode("utf-8", "ignore").encode()
     out = cli("generate", "-", "-m", str(tiny_model_dir), "--max-new-tokens", "2", stdin=big, timeout=60)
     err = out.stderr.decode()
-    assert out.returncode == 2 and err.count("\n") == 1 and f"the context is {ctx}" in err, err
+    assert out.returncode == 2 and err.count("\n") == 1 and f"tokens; the context is {ctx}" in err, err
 
 
 # -- 5. embedded use -----------------------------------------------------------------------------------------
