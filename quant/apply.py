@@ -135,19 +135,28 @@ def _dynamic_node(lin: Linear, names: tuple[str, str]) -> onnx.NodeProto:
 
 def _gbq_nodes(gather: onnx.NodeProto, table: str, scales3: str, zp3: str | None, bits: int, block_size: int,
                hidden: int) -> list[onnx.NodeProto]:
-    """GatherBlockQuantized on the shared [V, nb, bs*bits/8] table, then reshape [..., nb, bs] -> [..., H]."""
+    """GatherBlockQuantized on the shared [V, nb, bs*bits/8] table, then reshape [..., nb, bs] -> [..., nb*bs]
+    (and slice to [..., H] when the last block is padded)."""
     out = gather.output[0]
+    padded = -(-hidden // block_size) * block_size
     raw, shp, tail, full = (f"{out}/gbq", f"{out}/idx_shape", f"{out}/hidden", f"{out}/shape")
+    flat = out if padded == hidden else f"{out}/padded"
+    const = lambda name, v: helper.make_node(  # noqa: E731
+        "Constant", [], [name], name=f"{name}/Const", value=numpy_helper.from_array(np.array(v, np.int64)))
     inputs = [table, gather.input[1], scales3] + ([zp3] if zp3 else [])
-    return [
+    nodes = [
         helper.make_node("GatherBlockQuantized", inputs, [raw], name=f"{out}/GatherBlockQuantized", domain=MS,
                          bits=bits, block_size=block_size, gather_axis=0, quantize_axis=2),
         helper.make_node("Shape", [gather.input[1]], [shp], name=f"{out}/Shape"),
-        helper.make_node("Constant", [], [tail], name=f"{out}/HiddenConst",
-                         value=numpy_helper.from_array(np.array([hidden], np.int64))),
+        const(tail, [padded]),
         helper.make_node("Concat", [shp, tail], [full], name=f"{out}/Concat", axis=0),
-        helper.make_node("Reshape", [raw, full], [out], name=f"{out}/Reshape"),
+        helper.make_node("Reshape", [raw, full], [flat], name=f"{out}/Reshape"),
     ]
+    if flat != out:
+        ends = [f"{out}/s0", f"{out}/s1", f"{out}/ax"]
+        nodes += [const(ends[0], [0]), const(ends[1], [hidden]), const(ends[2], [-1]),
+                  helper.make_node("Slice", [flat, *ends], [out], name=f"{out}/Slice")]
+    return nodes
 
 
 def rewrite_model(model: onnx.ModelProto, bits: int, *, block_size: int = 32, symmetric: bool = True,
@@ -205,9 +214,6 @@ def rewrite_model(model: onnx.ModelProto, bits: int, *, block_size: int = 32, sy
                 z3 = f"{b_name}_zp_gbq"
                 new_inits.append(numpy_helper.from_array(bq.zero_points[..., None].astype(np.uint8), z3))
             hidden = bq.k
-            if hidden % block_size:
-                raise QuantizeError(f"embedding width {hidden} is not a multiple of block_size {block_size}; "
-                                    f"pass a block_size that divides it or lm_head='fp32'")
             replaced[id(plan.embedding)] = _gbq_nodes(plan.embedding, b_name, s3.name, z3, lbits, block_size,
                                                       hidden)
     nodes = []

@@ -138,6 +138,14 @@ def test_rewrite_dynamic_int8_route_and_accuracy_level_4():
     assert np.abs(_run(q4, ids) - ref).max() / np.abs(ref).max() < 0.25
 
 
+def test_tied_table_with_a_padded_last_block():
+    model, w = _toy_model(h=80)                   # 80 = 2.5 blocks of 32
+    q, _ = rewrite_model(model, 8, lm_head="int8")
+    ids = RNG.integers(0, 96, (1, 5)).astype(np.int64)
+    ref = _numpy_toy(w, ids)
+    assert np.abs(_run(q, ids) - ref).max() / np.abs(ref).max() < 0.03
+
+
 def test_bad_inputs(tmp_path: Path):
     with pytest.raises(QuantizeError, match="manifest"):
         quantize_model_folder(tmp_path, 4)
