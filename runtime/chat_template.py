@@ -15,6 +15,7 @@ tokenize by itself; it drives any tokenizer with `encode(text, allow_special=Fal
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -109,28 +110,36 @@ def encode_chat(template: ChatTemplate, tokenizer: TokenizerLike, messages: Sequ
     specials = tokenizer.special_tokens
     if not specials:
         return tokenizer.encode(template.render(messages, add_generation_prompt=add_generation_prompt))
-    fence_open, fence_close = f"\ue000{secrets.token_hex(8)}\ue001", f"\ue002{secrets.token_hex(8)}\ue003"
-    alternatives = "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True))
-    in_content = re.compile(alternatives)
+    key = secrets.token_hex(8)                          # this call's fence: a user cannot type it in advance
+    fence_open, fence_close = f"\ue000{key}\ue001", f"\ue002{key}\ue003"
+    in_content, cutter = _patterns(tuple(sorted(specials, key=len, reverse=True)))
     fenced = [_map_strings(m, lambda s: in_content.sub(lambda t: fence_open + t.group(0) + fence_close, s))
               for m in messages]
     text = template.render(fenced, add_generation_prompt=add_generation_prompt)
-    cutter = re.compile(f"{re.escape(fence_open)}({alternatives}){re.escape(fence_close)}|({alternatives})")
     ids: list[int] = []
     pending: list[str] = []                             # plain text since the last control token
     pos = 0
     for m in cutter.finditer(text):
         pending.append(text[pos:m.start()])
-        if m.group(1) is not None:                      # special-token text from a message: stays text
-            pending.append(m.group(1))
+        if m.group(2) is not None:                      # fenced special-token text: stays text
+            ours = m.group(1) == key and m.group(3) == key
+            pending.append(m.group(2) if ours else m.group(0))
         else:                                           # written by the template: a control id
             ids += _encode_plain(tokenizer, "".join(pending))
             pending = []
-            ids.append(specials[m.group(2)])
+            ids.append(specials[m.group(4)])
         pos = m.end()
     pending.append(text[pos:])
     ids += _encode_plain(tokenizer, "".join(pending))
     return ids
+
+
+@functools.lru_cache(maxsize=8)
+def _patterns(specials: tuple[str, ...]) -> tuple[re.Pattern, re.Pattern]:
+    """The special-token matcher and the cutter (fence-generic, so compiled once per vocabulary, not per call)."""
+    alternatives = "|".join(re.escape(s) for s in specials)
+    cutter = re.compile(f"\ue000([0-9a-f]{{16}})\ue001({alternatives})\ue002([0-9a-f]{{16}})\ue003|({alternatives})")
+    return re.compile(alternatives), cutter
 
 
 def encode_turn(template: ChatTemplate, tokenizer: TokenizerLike, messages: Sequence[Message],
