@@ -122,13 +122,16 @@ def export(source: str = typer.Argument(..., help="Hugging Face id, local HF fol
 @app.command()
 def quantize(model: Path = typer.Argument(..., help="exported model folder (with its fp32 variant)"),
              bits: int = typer.Option(4, "--bits", help="4 or 8"),
-             block_size: int = typer.Option(32, "--block-size", help="weights per quantization block")) -> None:
+             block_size: int = typer.Option(32, "--block-size", help="weights per quantization block"),
+             kv_cache: str = typer.Option("fp32", "--kv-cache", help="fp32 | int8 (calibrated, 1/4 the memory)"),
+             ) -> None:
     """(Re-)quantize an exported folder to INT4 or INT8, with a quality report."""
     try:
         from clova_edge.quant import quantize_model_folder
     except ImportError as e:
         raise ClovaEdgeError(f"quantize needs the export extra ({e.name} missing): pip install 'clova-edge[export]'")
-    quantize_model_folder(model, bits=bits, block_size=block_size, progress=lambda m: typer.echo(m, err=True))
+    quantize_model_folder(model, bits=bits, block_size=block_size, kv_cache=kv_cache,
+                          progress=lambda m: typer.echo(m, err=True))
 
 
 @app.command()

@@ -241,10 +241,10 @@ def _mw_meta(bq: P.BlockQuant) -> P.MatMulNBitsWeights:
                                 k=bq.k, n=bq.codes.shape[0], bits=bq.bits, block_size=bq.block_size)
 
 
-def memory_estimate(manifest: Any, weight_bytes: int, context: int = 4096) -> dict[str, int]:
-    """Expected resident bytes: weights (the data file) + an fp32 KV cache of `context` tokens."""
+def memory_estimate(manifest: Any, weight_bytes: int, context: int = 4096, kv_bytes: int = 4) -> dict[str, int]:
+    """Expected resident bytes: weights (the data file) + a KV cache of `context` tokens (4 bytes fp32, 1 int8)."""
     c = manifest.config
-    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4 * min(context, c.context_length)
+    kv = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * kv_bytes * min(context, c.context_length)
     return {"weights_bytes": weight_bytes, "kv_cache_bytes": kv, "context": min(context, c.context_length),
             "total_bytes": weight_bytes + kv}
 
@@ -283,7 +283,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 def quantize_model_folder(folder: Path, bits: int, *, block_size: int = 32, symmetric: bool = True,
                           accuracy_level: int = 4, lm_head: str | None = None, method: str = "act",
                           int8_route: str | None = None, out_folder: Path | None = None,
-                          evaluate: bool = True, eval_tokens: int | None = None,
+                          evaluate: bool = True, eval_tokens: int | None = None, kv_cache: str = "fp32",
                           progress: Progress = None) -> dict[str, Any]:
     """Quantize the fp32 variant of an exported folder; returns the new manifest variant entry.
 
@@ -293,7 +293,11 @@ def quantize_model_folder(folder: Path, bits: int, *, block_size: int = 32, symm
     or "dynamic" (DynamicQuantizeMatMul). out_folder None writes the variant into `folder`; otherwise a new
     folder holding the manifest, tokenizer files and only the new variant is created (atomically).
     evaluate runs quant/report.py (fp32 vs quantized on the evaluation text) and stores the figures.
+    kv_cache "int8" also switches the variant's KV cache to int8 with per-channel scales calibrated on the
+    evaluation text (quant/kvcache.py): a quarter of the cache memory and faster long-context decode.
     """
+    if kv_cache not in ("fp32", "int8"):
+        raise _fail(f"kv_cache must be 'fp32' or 'int8', got {kv_cache!r}")
     from .report import activation_importance, evaluation_ids, format_table, quality_report
 
     folder = Path(folder)
@@ -340,6 +344,12 @@ def quantize_model_folder(folder: Path, bits: int, *, block_size: int = 32, symm
                                   accuracy_level=accuracy_level, lm_head=lm, method=used, int8_route=route,
                                   importance=importance, progress=progress)
     del model
+    if kv_cache == "int8":
+        from .kvcache import calibrate_kv_scales, rewrite_int8_kv
+        if ids is None:
+            raise _fail(f"{folder}: an int8 KV cache needs the evaluation text for calibration ({skipped})")
+        say("calibrating int8 KV cache scales on the evaluation text")
+        rewrite_int8_kv(qmodel, calibrate_kv_scales(manifest, ids))
     quant_seconds = time.perf_counter() - t0
     onnx_name, data_name = f"model.{name}.onnx", f"model.{name}.onnx.data"
     target = Path(out_folder) if out_folder is not None else folder
@@ -353,14 +363,16 @@ def quantize_model_folder(folder: Path, bits: int, *, block_size: int = 32, symm
         for f in (onnx_name, data_name):
             os.chmod(tmp / f, 0o644)
         entry: dict[str, Any] = {
-            "file": onnx_name, "data_files": [data_name], "kv_dtype": src.kv_dtype,
+            "file": onnx_name, "data_files": [data_name], "kv_dtype": "int8" if kv_cache == "int8" else src.kv_dtype,
             "size_bytes": (tmp / onnx_name).stat().st_size + (tmp / data_name).stat().st_size,
-            "memory_estimate": memory_estimate(manifest, (tmp / data_name).stat().st_size),
+            "memory_estimate": memory_estimate(manifest, (tmp / data_name).stat().st_size,
+                                               kv_bytes=1 if kv_cache == "int8" else 4),
             "quantization": {
                 "scheme": "dynamic-int8" if (bits == 8 and route == "dynamic") else "MatMulNBits",
                 "bits": bits, "block_size": block_size, "symmetric": symmetric,
                 "accuracy_level": accuracy_level, "lm_head": lm, "method": used,
-                "int8_route": route if bits == 8 else None, "seconds": round(quant_seconds, 1), **stats},
+                "int8_route": route if bits == 8 else None, "kv_cache": kv_cache,
+                "seconds": round(quant_seconds, 1), **stats},
         }
         if evaluate and ids is None:
             entry["quantization"]["quality"] = {"skipped": skipped}

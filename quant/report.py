@@ -47,7 +47,8 @@ def make_session(path: Path, threads: int = 2) -> ort.InferenceSession:
 def _feeds(sess: ort.InferenceSession, manifest: Manifest, window: np.ndarray) -> dict[str, np.ndarray]:
     cfg = manifest.config
     s = len(window)
-    kv = np.zeros((1, cfg.num_key_value_heads, s, cfg.head_dim), np.float32)   # [B, KVH, M=S, D]
+    int8_cache = any(i.name.startswith("past_") and "int8" in i.type for i in sess.get_inputs())
+    kv = np.zeros((1, cfg.num_key_value_heads, s, cfg.head_dim), np.int8 if int8_cache else np.float32)  # [B,KVH,S,D]
     feeds = {INPUT_IDS: window[None].astype(np.int64), SEQLENS_K: np.array([s - 1], np.int32),
              TOTAL_SEQ_LEN: np.array(s, np.int32), LOGITS_INDEX: np.arange(s, dtype=np.int64)}
     for k, v in past_names(cfg.num_hidden_layers):
