@@ -3,7 +3,7 @@
 Used by arm/test-arm.sh to show that the arm64 (qemu) answer equals the x86 answer on the same exported model:
 
   python arm/greedy_check.py dump MODEL_DIR OUT.npz [--variant int4] [--file GRAPH.onnx] [--steps 16] [--ids 1,2]
-  python arm/greedy_check.py compare X86.npz ARM.npz [--rtol 1e-5]
+  python arm/greedy_check.py compare X86.npz ARM.npz [--rtol 1e-5] [--report]
   python arm/greedy_check.py noise REF.npz X86.npz ARM.npz [--factor 2]
 
 `dump` follows runtime/manifest.py's graph contract (one graph for prefill and decode, in-place KV buffers bound
@@ -100,8 +100,8 @@ def compare(args: argparse.Namespace) -> int:
         f"    ids {a['machine']}: {a['ids'].tolist()}\n    ids {b['machine']}: {b['ids'].tolist()}\n"
         f"    tokens identical: {same_ids}; first-step logits max |diff| {step_err[0]:.3g} (max |logit| {scale:.3g}, "
         f"tolerance {args.rtol:g} x that = {args.rtol * scale:.3g}); all steps {max(step_err):.3g}; "
-        f"bit-identical steps {bit_equal}/{n}: {'PASS' if ok else 'FAIL'}\n")
-    return 0 if ok else 1
+        f"bit-identical steps {bit_equal}/{n}: {'(reported)' if args.report else 'PASS' if ok else 'FAIL'}\n")
+    return 0 if ok or args.report else 1
 
 
 def noise(args: argparse.Namespace) -> int:
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("a")
     c.add_argument("b")
     c.add_argument("--rtol", type=float, default=1e-5)
+    c.add_argument("--report", action="store_true", help="print the comparison, always exit 0")
     z = sub.add_parser("noise")
     z.add_argument("ref")
     z.add_argument("x86")
