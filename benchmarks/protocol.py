@@ -113,7 +113,8 @@ def _decode_figures(times: list[float]) -> dict[str, Any]:
 
 def measure(adapter: Adapter, spec: Spec, *, what: Sequence[str] = ("ttft", "decode", "long")) -> dict[str, Any]:
     """Run the protocol on `adapter`; returns plain JSON-ready figures."""
-    res: dict[str, Any] = {"spec": spec.to_dict(), "load_avg_start": load_average()}
+    spec_out = {**spec.to_dict(), "perplexity_ids": len(spec.perplexity_ids)}   # the count, not the ids
+    res: dict[str, Any] = {"spec": spec_out, "load_avg_start": load_average()}
     t0 = time.perf_counter()
     adapter.load(spec.threads)
     res["load_s"] = time.perf_counter() - t0
