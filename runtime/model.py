@@ -25,6 +25,7 @@ from .manifest import Manifest, Variant
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}  # int8: quantized cache
 _GROW_STEP = 256  # capacity is rounded up to this many positions
+PREFILL_CHUNK = 512  # prompt tokens per session run (bounds attention's score buffers; see prefill)
 
 
 @dataclass
@@ -136,22 +137,35 @@ class OnnxModel:
             io.bind_ortvalue_output(ovn, v)
 
     def prefill(self, cache: KVCache, ids: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
-        """Run S new tokens on top of the cache in one session run. Returns logits (S, V) if all_logits else (V,)."""
+        """Run S new tokens on top of the cache. Returns logits (S, V) if all_logits else (V,) of the last token.
+
+        Long prompts run in chunks of PREFILL_CHUNK tokens: attention materialises heads x chunk x context scores,
+        so one 3.5K-token run would need ~0.8 GB for them alone; chunks bound that and change no result.
+        """
+        s = int(ids.shape[0])
+        assert cache.length + s <= cache.capacity, (cache.length + s, cache.capacity)
+        outs = []
+        for i in range(0, s, PREFILL_CHUNK):
+            chunk = ids[i:i + PREFILL_CHUNK]
+            # all rows' logits only when asked (perplexity); mid-prompt chunks compute one row, then drop it
+            rows = np.arange(len(chunk), dtype=np.int64) if all_logits else np.array([len(chunk) - 1], np.int64)
+            outs.append(self._run_chunk(cache, chunk, rows))
+        return np.concatenate(outs, axis=0) if all_logits else outs[-1][-1]
+
+    def _run_chunk(self, cache: KVCache, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """One session run of len(ids) tokens; returns the logits of `rows` (L, V)."""
         s = int(ids.shape[0])
         total = cache.length + s
-        assert total <= cache.capacity, (total, cache.capacity)
         io = self.session.io_binding()
         io.bind_cpu_input(mf.INPUT_IDS, np.ascontiguousarray(ids, np.int64).reshape(1, s))
         io.bind_cpu_input(mf.SEQLENS_K, np.array([total - 1], np.int32))
         io.bind_cpu_input(mf.TOTAL_SEQ_LEN, np.array(total, np.int32))
-        index = np.arange(s, dtype=np.int64) if all_logits else np.array([s - 1], np.int64)
-        io.bind_cpu_input(mf.LOGITS_INDEX, index)
+        io.bind_cpu_input(mf.LOGITS_INDEX, rows)
         io.bind_output(mf.LOGITS, "cpu")   # bound first: get_outputs() lists outputs in binding order
         self._bind_cache(io, cache)
         self.session.run_with_iobinding(io)
         cache.length = total
-        logits = io.get_outputs()[0].numpy()  # (1, L, V)
-        return logits[0] if all_logits else logits[0, -1]
+        return io.get_outputs()[0].numpy()[0]
 
     def decode(self, cache: KVCache, token: int) -> np.ndarray:
         """Run one token. Returns a view of the preallocated logits buffer (V,), valid until the next step."""

@@ -127,3 +127,17 @@ def test_one_engine_serves_several_threads(tiny):
 def test_seeded_sampling_is_reproducible(tiny):
     s = GenerationSettings(max_new_tokens=16, temperature=0.9, top_p=0.9, top_k=50, seed=7)
     assert _ids(tiny, "sample", s) == _ids(tiny, "sample", s)
+
+
+def test_chunked_prefill_equals_one_run(tiny, monkeypatch):
+    from clova_edge.runtime import model as model_module
+    ids = np.array(tiny.encode("chunked prefill must not change a single logit " * 6), np.int64)
+    model = tiny.model
+    whole = model.prefill(model.new_cache(256), ids, all_logits=True)
+    monkeypatch.setattr(model_module, "PREFILL_CHUNK", 7)
+    cache = model.new_cache(256)
+    chunked = model.prefill(cache, ids, all_logits=True)
+    np.testing.assert_allclose(chunked, whole, atol=2e-4, rtol=1e-4)
+    last = model.prefill(model.new_cache(256), ids)
+    np.testing.assert_allclose(last, whole[-1], atol=2e-4, rtol=1e-4)
+    assert cache.length == len(ids)
