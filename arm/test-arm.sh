@@ -41,14 +41,14 @@ runtime_test_files() {
 
 # The INT4 test models, made on the host (x86): the tests' exported fixture (tests/conftest.py, cached by exporter
 # hash) copied and quantized to INT4 with `clova-edge quantize`, into arm/.cache/models/NAME-HASH (fp32 + int4).
-declare -A MODEL_DIR
+declare -A MODEL_DIR FIXTURE_DIR
 export_models() {
     local name fixture out
     for name in $MODELS; do
         fixture="$(cd "$REPO_DIR" && nice "$HOST_PY" -c "import sys; sys.path.insert(0, 'tests'); import conftest
 print(conftest.exported_test_model('$name'))" | tail -n 1)"
         out="$ARM_CACHE/models/$(basename "$fixture")"
-        MODEL_DIR[$name]="$out"
+        MODEL_DIR[$name]="$out" FIXTURE_DIR[$name]="$fixture"
         [ -f "$out/manifest.json" ] && grep -q '"int4"' "$out/manifest.json" && continue
         rm -rf "$out.part" && mkdir -p "$ARM_CACHE/models" && cp -r "$fixture" "$out.part"
         nice "$HOST_CLI" quantize "$out.part" --bits 4 >"$ARM_CACHE/quantize-$name.log" 2>&1 \
@@ -82,9 +82,12 @@ print('clova_edge', clova_edge.__version__, 'onnxruntime', onnxruntime.__version
 }
 
 copy_models() {
-    rm -rf "$ARM_ROOT/opt/models" && mkdir -p "$ARM_ROOT/opt/models"
+    rm -rf "$ARM_ROOT/opt/models" "$ARM_ROOT/opt/test-models" && mkdir -p "$ARM_ROOT/opt/models" "$ARM_ROOT/opt/test-models"
     local name
-    for name in $MODELS; do cp -r "${MODEL_DIR[$name]}" "$ARM_ROOT/opt/models/$name"; done
+    for name in $MODELS; do
+        cp -r "${MODEL_DIR[$name]}" "$ARM_ROOT/opt/models/$name"            # fp32 + int4: generate, greedy check
+        cp -r "${FIXTURE_DIR[$name]}" "$ARM_ROOT/opt/test-models/$name"     # the tests' own fixture (fp32 only)
+    done
 }
 
 run_generate() {  # `clova-edge generate --json`, greedy, on both sides: reported (see run_greedy_check for why)
@@ -143,9 +146,12 @@ run_tests() {
     # The tests run against the installed package: from a folder holding only tests/, README.md and pyproject.toml
     # (the source tree's clova_edge/ in the working directory would shadow the installed package).
     rm -rf "$ARM_ROOT/opt/tests-run" && mkdir -p "$ARM_ROOT/opt/tests-run"
-    cp -r "$ARM_ROOT/opt/src/tests" "$ARM_ROOT/opt/src/README.md" "$ARM_ROOT/opt/src/pyproject.toml" "$ARM_ROOT/opt/tests-run/"
-    arm_chroot /bin/sh -c "cd /opt/tests-run && CLOVA_EDGE_TEST_MODELS=/opt/models /opt/venv/bin/pytest -q \
-        -p no:cacheprovider --durations=8 ${files[*]}" >"$ARM_CACHE/pytest.log" 2>&1 || FAILED=1
+    # runtime/ too: a test reads its sources (line budgets); it is not importable as clova_edge from there.
+    cp -r "$ARM_ROOT/opt/src/tests" "$ARM_ROOT/opt/src/runtime" "$ARM_ROOT/opt/src/README.md" \
+        "$ARM_ROOT/opt/src/pyproject.toml" "$ARM_ROOT/opt/tests-run/"
+    # -k 'not quantize': those tests import clova_edge.quant (onnx) inside the test, which a Pi does not have.
+    arm_chroot /bin/sh -c "cd /opt/tests-run && CLOVA_EDGE_TEST_MODELS=/opt/test-models /opt/venv/bin/pytest -q \
+        -p no:cacheprovider --durations=8 -k 'not quantize' ${files[*]}" >"$ARM_CACHE/pytest.log" 2>&1 || FAILED=1
     tail -n 14 "$ARM_CACHE/pytest.log" | tee -a "$RESULTS"
 }
 
