@@ -123,7 +123,8 @@ def export(source: str = typer.Argument(..., help="Hugging Face id, local HF fol
 def quantize(model: Path = typer.Argument(..., help="exported model folder (with its fp32 variant)"),
              bits: int = typer.Option(4, "--bits", help="4 or 8"),
              block_size: int = typer.Option(32, "--block-size", help="weights per quantization block"),
-             kv_cache: str = typer.Option("fp32", "--kv-cache", help="fp32 | int8 (calibrated, 1/4 the memory)"),
+             kv_cache: Optional[str] = typer.Option(None, "--kv-cache",
+                                                    help="fp32 | int8 (1/4 the memory) [default: int8 for 4 bits]"),
              ) -> None:
     """(Re-)quantize an exported folder to INT4 or INT8, with a quality report."""
     try:
