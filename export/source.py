@@ -211,18 +211,20 @@ def write_tokenizer_files(src: Source, dest: Path) -> list[str]:
         for name in (*TOKENIZER_FILES, "chat_template.jinja"):
             if (src.folder / name).is_file():
                 shutil.copyfile(src.folder / name, dest / name)
-    _inline_chat_template(dest)
+    inline_chat_template(dest)
     return [n for n in TOKENIZER_FILES if (dest / n).is_file()]
 
 
-def _inline_chat_template(folder: Path) -> None:
+def inline_chat_template(folder: Path, *, remove_jinja: bool = True) -> None:
+    """transformers 5 saves the chat template as chat_template.jinja; copy it into tokenizer_config.json."""
     jinja, cfg_path = folder / "chat_template.jinja", folder / "tokenizer_config.json"
     if jinja.is_file() and cfg_path.is_file():
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         if not cfg.get("chat_template"):
             cfg["chat_template"] = jinja.read_text(encoding="utf-8")
             cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
-        jinja.unlink()
+        if remove_jinja:
+            jinja.unlink()
 
 
 def special_tokens(folder: Path) -> dict[str, int]:

