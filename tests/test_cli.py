@@ -71,6 +71,7 @@ def test_interactive_chat_in_a_terminal(smollm2_model_dir):
     child.expect(r"\(conversation cleared\)")
     child.expect(">>> ")
     child.sendline("Write a very long essay about the history of the sea, with many details.")
+    child.expect(r"many details\.\r\n")                    # the terminal's echo of the line (not the answer)
     child.expect(r"\S{4}")                                 # the answer is streaming
     child.sendintr()                                       # Ctrl-C stops it and returns to the prompt
     child.expect(r"\(stopped\)")
