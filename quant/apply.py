@@ -332,7 +332,7 @@ def quantize_model_folder(folder: Path, bits: int, *, block_size: int = 32, symm
         raise _fail(f"{folder}: cannot read the fp32 weights ({str(e)[:200]}); if they are links, copy the "
                     "files instead, else re-export the model") from None
     ids, skipped = None, None
-    if evaluate or method == "act":
+    if evaluate or method == "act" or kv_cache == "int8":   # the evaluation text also calibrates the KV cache
         try:
             ids = evaluation_ids(manifest, eval_tokens)
         except ClovaEdgeError as e:   # e.g. a tokenizer.json the runtime tokenizer cannot read
