@@ -9,6 +9,9 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
+_KV_BYTES = {"float32": 4, "float16": 2, "int8": 1}
+
+
 def kv_cache_bytes(m: Manifest, tokens: int, bytes_per_value: int = 4) -> int:
     c = m.config
     return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * tokens * bytes_per_value
@@ -16,7 +19,7 @@ def kv_cache_bytes(m: Manifest, tokens: int, bytes_per_value: int = 4) -> int:
 
 def describe(m: Manifest) -> str:
     c, src = m.config, m.raw.get("source", {})
-    kv = kv_cache_bytes(m, c.context_length)
+    kv = kv_cache_bytes(m, c.context_length)   # fp32; each variant below uses its own cache dtype
     lines = [f"model      {src.get('id', '?')} @ {str(src.get('revision') or '-')[:12]} ({src.get('architecture', '?')})",
              f"folder     {m.folder}",
              f"shape      {c.num_hidden_layers} layers, hidden {c.hidden_size}, heads {c.num_attention_heads}/"
@@ -28,8 +31,9 @@ def describe(m: Manifest) -> str:
     for name, v in m.variants.items():
         q = v.quantization
         desc = "fp32" if not q else f"{q.get('scheme', '?')} {q.get('bits', '?')}-bit block {q.get('block_size', '-')}"
-        lines.append(f"  {name:<6} {v.file:<22} {_mb(v.size_bytes):>10}  {desc}; memory at 4K context ~ "
-                     f"{_mb(v.size_bytes + kv)}")
+        v_kv = kv_cache_bytes(m, c.context_length, _KV_BYTES.get(v.kv_dtype, 4))
+        lines.append(f"  {name:<6} {v.file:<22} {_mb(v.size_bytes):>10}  {desc}, {v.kv_dtype} KV cache; memory at "
+                     f"{c.context_length} tokens ~ {_mb(v.size_bytes + v_kv)}")
         quality = q.get("quality") if q else None
         if quality:
             lines.append("         quality: " + ", ".join(f"{k} {val:.4g}" if isinstance(val, float) else f"{k} {val}"

@@ -68,9 +68,3 @@ def rewrite_int8_kv(model: onnx.ModelProto, scales: list[tuple[np.ndarray, np.nd
             vi.type.tensor_type.elem_type = TensorProto.INT8
     return n
 
-
-def kv_cache_bytes_per_token(manifest: Manifest, kv_dtype: str) -> int:
-    c = manifest.config
-    return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * (1 if kv_dtype == "int8" else 4)
-
-
