@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import envs, prepare, report
-from .bandwidth import read_bandwidth_gbs
+from .bandwidth import read_bandwidth
 from .protocol import Spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = json.loads(json_path.read_text()) if a.resume and json_path.is_file() else {}
     results.update({"machine": machine(), "spec": spec.to_dict(), "install_seconds": envs.install_seconds()})
     say("probing read bandwidth ...")
-    results["bandwidth_gbs"] = {str(t): read_bandwidth_gbs(t, mib=64 if a.smoke else 512) for t in (1, 2)}
+    probes = {str(t): read_bandwidth(t, mib=64 if a.smoke else 512, work=WORK) for t in (1, 2)}
+    results["bandwidth_gbs"] = {t: gbs for t, (gbs, _) in probes.items()}
+    results["bandwidth_probe"] = probes["1"][1]
     models_out = results.setdefault("models", {})
     for name in models:
         hf = build(name)

@@ -119,7 +119,8 @@ MODEL_SHAPES = {"full": {"layers": 24, "kv_heads": 8, "head_dim": 128},
 def markdown(results: dict[str, Any]) -> str:
     m, bw, spec = results.get("machine", {}), results.get("bandwidth_gbs", {}), results["spec"]
     out = [f"Machine: {m.get('cpu')}, {m.get('cpus')} CPUs, {m.get('memory_mib')} MiB; measured read bandwidth "
-           f"{_fmt(bw.get('1'))} GB/s (1 thread), {_fmt(bw.get('2'))} GB/s (2 threads). {spec['threads']} threads, "
+           f"{_fmt(bw.get('1'))} GB/s (1 thread), {_fmt(bw.get('2'))} GB/s (2 threads; "
+           f"{results.get('bandwidth_probe', 'numpy')} probe). {spec['threads']} threads, "
            f"{spec['repetitions']} repetitions; cells are median (10th-90th percentile or min-max).", ""]
     for name in results.get("models", {}):
         if any("ttft_s" in r.get("result", {}) for r in results["models"][name]["rows"].values()):

@@ -43,3 +43,12 @@ def test_bench_smoke_end_to_end(tiny_model_dir, tmp_path):
     assert "| clova-edge fp32 |" in md and "perplexity" in md
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     assert report.markdown(results) == md
+
+
+def test_bandwidth_probe_compiles_and_measures(tmp_path):
+    import shutil
+
+    from clova_edge.benchmarks.bandwidth import read_bandwidth
+    gbs, method = read_bandwidth(1, mib=16, passes=2, work=tmp_path)
+    assert gbs > 0.1
+    assert method == ("c" if shutil.which("cc") or shutil.which("gcc") or shutil.which("clang") else "numpy")
