@@ -53,8 +53,11 @@ def greedy(model_dir: Path, variant: str | None, prompt_ids: list[int], steps: i
     session = _session(model_dir / (graph_file or manifest.variant(variant).file))
     capacity = len(prompt_ids) + steps
     shape = (1, cfg.num_key_value_heads, capacity, cfg.head_dim)
-    caches = [(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)),
-               ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))) for _ in range(cfg.num_hidden_layers)]
+    # the cache's element type is the graph's (INT4 exports keep an int8 cache), read from the session itself
+    past_type = {i.name: i.type for i in session.get_inputs()}[past_names(cfg.num_hidden_layers)[0][0]]
+    kv_dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}[past_type]
+    caches = [(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, kv_dtype)),
+               ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, kv_dtype))) for _ in range(cfg.num_hidden_layers)]
     ids, rows, new, length = [], [], list(prompt_ids), 0
     for _ in range(steps):
         length += len(new)

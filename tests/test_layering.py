@@ -52,9 +52,14 @@ def test_runtime_and_cli_import_with_torch_blocked():
 
 
 def test_runtime_module_budgets():
-    """STYLE.md: every runtime module <= 300 lines, generate.py <= 150, the CLI <= 150 lines per file."""
-    for path in (ROOT / "runtime").glob("*.py"):
+    """STYLE.md: every runtime module <= 300 lines, generate.py <= 150, the CLI <= 180 lines per file.
+    Read from the imported package, so it also holds for an installed (non-editable) copy, as on the arm64 run."""
+    import clova_edge.cli
+    import clova_edge.runtime
+
+    runtime = Path(clova_edge.runtime.__file__).parent
+    for path in runtime.glob("*.py"):
         n = len(path.read_text(encoding="utf-8").splitlines())
         assert n <= 300, f"{path.name}: {n} lines (budget 300)"
-    assert len((ROOT / "runtime/generate.py").read_text().splitlines()) <= 150
-    assert len((ROOT / "clova_edge/cli.py").read_text().splitlines()) <= 180
+    assert len((runtime / "generate.py").read_text().splitlines()) <= 150
+    assert len(Path(clova_edge.cli.__file__).read_text().splitlines()) <= 180
