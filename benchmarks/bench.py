@@ -91,7 +91,8 @@ def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
             out = []
             for v, info in manifest["variants"].items():
                 f = folder / info["file"]
-                out.append(Row(f"clova-edge {v}", "clova", folder, main, prepare.onnx_weight_bytes(f), 4,
+                kv_bytes = {"float32": 4, "float16": 2, "int8": 1}[info.get("kv_dtype", "float32")]
+                out.append(Row(f"clova-edge {v}", "clova", folder, main, prepare.onnx_weight_bytes(f), kv_bytes,
                                sum(prepare.disk_bytes(folder / x) for x in [info["file"], *info.get("data_files", [])]),
                                variant=v))
             return out

