@@ -78,7 +78,15 @@ def synthetic_prompt(n: int, spec: Spec, salt: int = 0) -> list[int]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process, MiB (Linux ru_maxrss is KiB)."""
+    """Peak resident set size of this process, MiB: VmHWM of /proc/self/status (KiB) where there is one.
+    Not ru_maxrss: Linux carries it across fork + exec, so a runner started by a parent that once held 1.4 GB
+    (the harness, after building a model) would report at least that whatever it used itself."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

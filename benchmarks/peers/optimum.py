@@ -20,6 +20,12 @@ class OptimumAdapter(HFGenerateAdapter):
         self.version = f"optimum-onnx, onnxruntime {ort.__version__}"
         self.model = oo.ORTModelForCausalLM.from_pretrained(self.folder, session_options=so, use_cache=True,
                                                             provider="CPUExecutionProvider")
+        # optimum-onnx sizes the empty past KV of a llama model as hidden_size / heads (64 here) and ignores the
+        # config's head_dim (128 for HyperCLOVAX): onnxruntime then rejects the first step. A user would need
+        # the same one-line workaround.
+        head_dim = getattr(self.model.config, "head_dim", None)
+        if head_dim and getattr(self.model, "embed_size_per_head", head_dim) != head_dim:
+            self.model.embed_size_per_head = head_dim
 
 
 def make_adapter(model: Path, variant: str | None = None) -> OptimumAdapter:
