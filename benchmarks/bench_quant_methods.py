@@ -2,7 +2,7 @@
 
     python -m clova_edge.benchmarks.bench_quant_methods MODEL_DIR [--configs 4:rtn:sym:int4 ...] [--out f.json]
 
-A config is bits:method:sym|asym:lm_head[:accuracy_level] (method rtn | search | act; level 4 by default). Each one is written next to the fp32
+A config is bits:method:sym|asym:lm_head[:accuracy_level] (method rtn | search | act | gptq; level 4 by default). Each one is written next to the fp32
 graph under a temporary name, evaluated with clova_edge.quant.report.quality_report, and removed.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import onnx
 
 from clova_edge.quant.apply import rewrite_model
-from clova_edge.quant.report import (activation_importance, evaluation_ids, format_table, quality_report,
-                                     reference_logprobs)
+from clova_edge.quant.report import (activation_hessians, activation_importance, evaluation_ids, format_table,
+                                     quality_report, reference_logprobs)
 from clova_edge.runtime.errors import ClovaEdgeError
 from clova_edge.runtime.manifest import load_manifest
 
@@ -46,6 +46,7 @@ def main() -> None:
         tok = Tokenizer.from_file(str(args.model_dir / manifest.tokenizer_file))
         ids = np.array(tok.encode(evaluation_text(), add_special_tokens=False).ids, dtype=np.int64)
     importance = activation_importance(manifest, ids)
+    hessians = activation_hessians(manifest, ids) if any(":gptq:" in c for c in args.configs) else None
     reference = reference_logprobs(manifest, ids)     # one fp32 run shared by every config (float16)
     rows, table = [], {}
     for cfg in args.configs:
@@ -53,7 +54,7 @@ def main() -> None:
         t = time.perf_counter()
         q, stats = rewrite_model(model, int(bits), block_size=args.block_size, symmetric=sym == "sym",
                                  lm_head=lm_head, method=method, int8_route=args.int8_route,
-                                 importance=importance, accuracy_level=int(acc[0]) if acc else 4)
+                                 importance=importance, hessians=hessians, accuracy_level=int(acc[0]) if acc else 4)
         secs = time.perf_counter() - t
         path = args.model_dir / f".bench-{cfg.replace(':', '-')}.onnx"
         data = path.with_name(path.name + ".data")

@@ -122,8 +122,8 @@ def export(source: str = typer.Argument(..., help="Hugging Face id, local HF fol
 @app.command()
 def quantize(model: Path = typer.Argument(..., help="exported model folder (with its fp32 variant)"),
              bits: int = typer.Option(4, "--bits", help="4 or 8"),
-             block_size: Optional[int] = typer.Option(None, "--block-size",
-                                                      help="weights per quantization block [default: 128 for 4 bits, 32 for 8]"),
+             block_size: Optional[int] = typer.Option(
+                 None, "--block-size", help="weights per quantization block [default: 128 for 4 bits, 32 for 8]"),
              kv_cache: Optional[str] = typer.Option(None, "--kv-cache",
                                                     help="fp32 | int8 (1/4 the memory) [default: int8 for 4 bits]"),
              ) -> None:

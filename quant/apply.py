@@ -31,13 +31,14 @@ from clova_edge.runtime.errors import ClovaEdgeError, ManifestError, QuantizeErr
 from clova_edge.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file
 
 from . import primitives as P
+from .gptq import quantize_blocks_gptq
 
 MS = "com.microsoft"
 QUANT_OPS = {"MatMulNBits", "GatherBlockQuantized", "DynamicQuantizeMatMul", "MatMulInteger",
              "QLinearMatMul", "DequantizeLinear", "QuantizeLinear", "MatMulIntegerToFloat"}
 LM_HEAD_CHOICES = ("int4", "int8", "fp32")
 INT8_ROUTES = ("nbits", "dynamic")
-METHODS = ("rtn", "search", "act")
+METHODS = ("rtn", "search", "act", "gptq")
 DEFAULT_LM_HEAD = {4: "int8", 8: "int8"}   # chosen by measurement on SmolLM2 (see report of issue 3)
 DEFAULT_INT8_ROUTE = "nbits"   # dynamic is 2-6x faster here but +78% ppl on SmolLM2 (per-tensor activations)
 # Measured on the full-size model, 2 threads: int8 KV decodes 14.4 vs 8.5 tok/s at 3,500 tokens of context and
@@ -172,8 +173,11 @@ def _gbq_nodes(gather: onnx.NodeProto, table: str, scales3: str, zp3: str | None
 def rewrite_model(model: onnx.ModelProto, bits: int, *, block_size: int = 32, symmetric: bool = True,
                   accuracy_level: int = 4, lm_head: str = "int8", method: str = "search",
                   int8_route: str = DEFAULT_INT8_ROUTE, importance: dict[str, np.ndarray] | None = None,
+                  hessians: dict[str, np.ndarray] | None = None,
                   progress: Progress = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Return (quantized model, stats). `model` must have its weights loaded; it is not modified."""
+    """Return (quantized model, stats). `model` must have its weights loaded; it is not modified.
+    method "gptq" needs `hessians` (quant/report.py activation_hessians); the tied vocabulary table, whose rows
+    are also looked up as embeddings, keeps the activation-aware search (`importance`)."""
     graph = model.graph
     plan = plan_graph(graph)
     inits = {t.name: t for t in graph.initializer}
@@ -201,9 +205,13 @@ def rewrite_model(model: onnx.ModelProto, bits: int, *, block_size: int = 32, sy
             continue
         key = f"{lin.weight}/{lin.transposed}/{lbits}"
         if key not in shared:
-            imp = importance.get(lin.act_input) if method == "act" else None
-            bq = P.quantize_blocks(w, lbits, block_size, symmetric=symmetric,
-                                   method="rtn" if method == "rtn" else "search", importance=imp)
+            imp = importance.get(lin.act_input) if method in ("act", "gptq") else None
+            h = (hessians or {}).get(lin.act_input) if method == "gptq" and not tied else None
+            if h is not None:
+                bq = quantize_blocks_gptq(w, h, lbits, block_size, symmetric=symmetric)
+            else:
+                bq = P.quantize_blocks(w, lbits, block_size, symmetric=symmetric,
+                                       method="rtn" if method == "rtn" else "search", importance=imp)
             errs.append(P.error_stats(w, P.dequantize_blocks(bq))["rel_rms_err"])
             mw = P.to_matmulnbits(bq)
             base = f"{lin.weight}_q{lbits}"
@@ -313,7 +321,7 @@ def quantize_model_folder(folder: Path, bits: int, *, block_size: int | None = N
         raise _fail(f"block size must be a power of 2 of at least 16 (32, 64, 128, ...), got {block_size}")
     if kv_cache not in ("fp32", "int8"):
         raise _fail(f"kv_cache must be 'fp32' or 'int8', got {kv_cache!r}")
-    from .report import activation_importance, evaluation_ids, format_table, quality_report
+    from .report import activation_hessians, activation_importance, evaluation_ids, format_table, quality_report
 
     folder = Path(folder)
     lm, route = _resolve_options(bits, lm_head, method, int8_route)
@@ -342,23 +350,28 @@ def quantize_model_folder(folder: Path, bits: int, *, block_size: int | None = N
         raise _fail(f"{folder}: cannot read the fp32 weights ({str(e)[:200]}); if they are links, copy the "
                     "files instead, else re-export the model") from None
     ids, skipped = None, None
-    if evaluate or method == "act" or kv_cache == "int8":   # the evaluation text also calibrates the KV cache
+    if evaluate or method in ("act", "gptq") or kv_cache == "int8":   # the text also calibrates the KV cache
         try:
             ids = evaluation_ids(manifest, eval_tokens)
         except ClovaEdgeError as e:   # e.g. a tokenizer.json the runtime tokenizer cannot read
             skipped = f"evaluation text could not be tokenized: {e}"
-            say(f"warning: {skipped}; quality report skipped" + (", method act -> search" if method == "act"
+            say(f"warning: {skipped}; quality report skipped" + (f", method {method} -> search"
+                                                                   if method in ("act", "gptq")
                                                                    else ""))
     importance = None
-    if method == "act" and ids is not None:
+    hessians = None
+    if method == "gptq" and ids is not None:
+        say("collecting activation covariances (GPTQ) on the evaluation text")
+        hessians = activation_hessians(manifest, ids)
+    if method in ("act", "gptq") and ids is not None:
         say("collecting activation statistics on the evaluation text")
         importance = activation_importance(manifest, ids)
     name = f"int{bits}"
-    used = "search" if (method == "act" and importance is None) else method
+    used = "search" if (method in ("act", "gptq") and importance is None) else method
     qmodel, stats = rewrite_model(model, bits, block_size=block_size, symmetric=symmetric,
                                   accuracy_level=accuracy_level, lm_head=lm, method=used, int8_route=route,
-                                  importance=importance, progress=progress)
-    del model
+                                  importance=importance, hessians=hessians, progress=progress)
+    del model, hessians
     if kv_cache == "int8":
         from .kvcache import calibrate_kv_scales, rewrite_int8_kv
         if ids is None:
