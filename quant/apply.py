@@ -358,12 +358,12 @@ def quantize_model_folder(folder: Path, bits: int, *, block_size: int | None = N
             say(f"warning: {skipped}; quality report skipped" + (f", method {method} -> search"
                                                                    if method in ("act", "gptq")
                                                                    else ""))
-    importance = None
-    hessians = None
+    importance, hessians = None, None
     if method == "gptq" and ids is not None:
         say("collecting activation covariances (GPTQ) on the evaluation text")
         hessians = activation_hessians(manifest, ids)
-    if method in ("act", "gptq") and ids is not None:
+        importance = {a: np.diag(h).copy() for a, h in hessians.items()}   # E[x_k^2] is the diagonal of H
+    elif method == "act" and ids is not None:
         say("collecting activation statistics on the evaluation text")
         importance = activation_importance(manifest, ids)
     name = f"int{bits}"
