@@ -161,7 +161,7 @@ run_tests() {
     # The tests run against the installed package: from a folder holding only tests/, README.md and pyproject.toml
     # (the source tree's clova_edge/ in the working directory would shadow the installed package).
     rm -rf "$ARM_ROOT/opt/tests-run" && mkdir -p "$ARM_ROOT/opt/tests-run"
-    # runtime/ too: a test reads its sources (line budgets); it is not importable as clova_edge from there.
+    # runtime/ too: a test reads its sources (import rules); it is not importable as clova_edge from there.
     cp -r "$ARM_ROOT/opt/src/tests" "$ARM_ROOT/opt/src/runtime" "$ARM_ROOT/opt/src/README.md" \
         "$ARM_ROOT/opt/src/pyproject.toml" "$ARM_ROOT/opt/tests-run/"
     # -k 'not quantize': those tests import clova_edge.quant (onnx) inside the test, which a Pi does not have.

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from clova_edge.runtime.manifest import KV_DTYPE_BYTES
+
 from . import envs, prepare, report
 from .bandwidth import read_bandwidth
 from .protocol import Spec
@@ -91,7 +93,7 @@ def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
             out = []
             for v, info in manifest["variants"].items():
                 f = folder / info["file"]
-                kv_bytes = {"float32": 4, "float16": 2, "int8": 1}[info.get("kv_dtype", "float32")]
+                kv_bytes = KV_DTYPE_BYTES[info.get("kv_dtype", "float32")]
                 out.append(Row(f"clova-edge {v}", "clova", folder, main, prepare.onnx_weight_bytes(f), kv_bytes,
                                sum(prepare.disk_bytes(folder / x) for x in [info["file"], *info.get("data_files", [])]),
                                variant=v))

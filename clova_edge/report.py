@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from clova_edge.runtime.manifest import Manifest
+from clova_edge.runtime.manifest import KV_DTYPE_BYTES, Manifest
 
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
-
-
-_KV_BYTES = {"float32": 4, "float16": 2, "int8": 1}
 
 
 def kv_cache_bytes(m: Manifest, tokens: int, bytes_per_value: int = 4) -> int:
@@ -31,7 +28,7 @@ def describe(m: Manifest) -> str:
     for name, v in m.variants.items():
         q = v.quantization
         desc = "fp32" if not q else f"{q.get('scheme', '?')} {q.get('bits', '?')}-bit block {q.get('block_size', '-')}"
-        v_kv = kv_cache_bytes(m, c.context_length, _KV_BYTES.get(v.kv_dtype, 4))
+        v_kv = kv_cache_bytes(m, c.context_length, KV_DTYPE_BYTES.get(v.kv_dtype, 4))
         lines.append(f"  {name:<6} {v.file:<22} {_mb(v.size_bytes):>10}  {desc}, {v.kv_dtype} KV cache; memory at "
                      f"{c.context_length} tokens ~ {_mb(v.size_bytes + v_kv)}")
         quality = q.get("quality") if q else None

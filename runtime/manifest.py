@@ -27,6 +27,7 @@ from .errors import ManifestError
 FORMAT = "clova-edge-model"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+KV_DTYPE_BYTES = {"float32": 4, "float16": 2, "int8": 1}   # variants.<name>.kv_dtype: bytes per cached value
 
 INPUT_IDS = "input_ids"
 SEQLENS_K = "seqlens_k"
