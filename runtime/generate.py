@@ -2,8 +2,8 @@
 
 `generate_tokens` prefills the new prompt tokens in one session run and then decodes one token per run, sampling
 each with the request's sampler; it knows nothing of text. `stream` turns those ids into text events (incremental
-UTF-8, stop strings held back so a partial stop string is never shown) with timing stats. `generate` joins the
-text. Chat turns (chat.py) call `stream` with the cache they keep across turns.
+UTF-8; stop strings matched as transformers does and never shown, see stops.py) with timing stats. `generate`
+joins the text. Chat turns (chat.py) call `stream` with the cache they keep across turns.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .detokenizer import StreamingDetokenizer
 from .errors import PromptError
 from .model import KVCache, OnnxModel
 from .sampling import make_sampler, PenaltyState
 from .settings import GenerationSettings
+from .stops import StopText
 from .tokenizer import Tokenizer
 
 
@@ -61,25 +61,15 @@ def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], set
         logits = model.decode(cache, token)
 
 
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters of `text` could be the start of a stop string (so must not be shown yet)."""
-    keep = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), keep, -1):
-            if text.endswith(s[:n]):
-                keep = n
-                break
-    return keep
-
-
 def stream(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: list[int],
            settings: GenerationSettings, *, stop_ids: Iterable[int] = (), stop_strings: Iterable[str] = (),
            history: Iterable[int] = ()) -> Iterator[Event]:
     """Text events for one generation; see Event. The final event carries the finish reason."""
-    stops = tuple(s for s in (*stop_strings, *settings.stop) if s)
     stop_set = frozenset(stop_ids)
-    detok = StreamingDetokenizer(tokenizer, skip_special=True)
-    pending, n, reason, cut_by_string = "", 0, "length", False
+    # transformers matches stop strings on the whole sequence's token bytes, the prompt's tail included
+    history = list(history)
+    visible = StopText(tokenizer, (*stop_strings, *settings.stop), [*history, *prompt_ids])
+    n, reason, cut_by_string = 0, "length", False
     t0 = time.perf_counter()
     t_first = ttft = prefill_tps = 0.0
 
@@ -96,17 +86,13 @@ def stream(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: l
         if token in stop_set:
             reason = "stop"
             break
-        pending += detok.add(token)
-        hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
-        if hit >= 0:  # a stop string: show what came before it, never the string itself
-            yield event(pending[:hit], token)
-            reason, cut_by_string = "stop", True
+        shown, cut_by_string = visible.add(token)
+        yield event(shown, token)   # a stop string itself is never shown, nor text after it
+        if cut_by_string:
+            reason = "stop"
             break
-        cut = len(pending) - _held_back(pending, stops)
-        yield event(pending[:cut], token)
-        pending = pending[cut:]
-    # Whatever was held back (a possible stop string prefix, incomplete UTF-8) is shown unless a stop string cut it.
-    yield event("" if cut_by_string else pending + detok.finalize(), None, reason)
+    # What was held back (a possible stop string prefix, incomplete UTF-8) is shown unless a stop string cut it.
+    yield event("" if cut_by_string else visible.finish(), None, reason)
 
 
 def generate(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: list[int],

@@ -6,17 +6,7 @@ import numpy as np
 import pytest
 
 from clova_edge import Engine, GenerationSettings, PromptError
-from clova_edge.runtime.generate import _held_back, generate_tokens
-
-
-def test_held_back_keeps_only_possible_stop_prefixes():
-    stops = ("<|endofturn|>", "END")
-    assert _held_back("hello <|end", stops) == 5
-    assert _held_back("hello <", stops) == 1
-    assert _held_back("hello E", stops) == 1
-    assert _held_back("hello EN", stops) == 2
-    assert _held_back("hello", stops) == 0
-    assert _held_back("", stops) == 0
+from clova_edge.runtime.generate import generate_tokens
 
 
 @pytest.fixture(scope="module")
