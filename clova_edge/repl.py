@@ -6,31 +6,33 @@ import datetime as dt
 import json
 import sys
 
+from clova_edge.keys import AnswerKeys
 from clova_edge.runtime.engine import Engine
-from clova_edge.runtime.errors import PromptError
+from clova_edge.runtime.conversation import DEFAULT
 from clova_edge.runtime.generate import Event
 from clova_edge.runtime.settings import GenerationSettings
 
 HELP = """commands: /reset (forget the conversation)  /system TEXT (new system prompt)  /stats  /help  /exit
 end a line with \\ to continue on the next line; Ctrl-C stops an answer, Ctrl-D leaves"""
-_WEEKDAYS = "월화수목금토일"
 
 
 def default_system(engine: Engine, today: dt.date | None = None) -> str | None:
     """The model's default system prompt from the manifest ({today} becomes e.g. 2026년 11월 26일(목))."""
-    template = (engine.manifest.raw.get("chat") or {}).get("default_system")
-    if not template:
-        return None
-    d = today or dt.date.today()
-    return template.replace("{today}", f"{d.year}년 {d.month:02d}월 {d.day:02d}일({_WEEKDAYS[d.weekday()]})")
+    return engine.default_system(today)
+
+
+def _system(system: str | None):
+    """--system not given: the model's default; --system "": none; else that text."""
+    return DEFAULT if system is None else system
 
 
 def _stats_line(e: Event | None, in_context: int, ctx: int) -> str:
     if e is None:
-        return f"context: {in_context}/{ctx} tokens; no answer yet"
+        return "context: empty (no answer since the start or /reset)"
+    decode = f"decode {e.decode_tps:.1f} tok/s" if e.n_generated > 1 else "decode not timed"
     return (f"context: {in_context}/{ctx} tokens | last turn: {e.n_prompt} new prompt tokens, {e.n_generated} "
             f"generated, first token {e.ttft_s * 1000:.0f} ms, prefill {e.prefill_tps:.0f} tok/s, "
-            f"decode {e.decode_tps:.1f} tok/s ({e.finish_reason})")
+            f"{decode} ({e.finish_reason or 'interrupted'})")
 
 
 def _read_message() -> str:
@@ -47,9 +49,10 @@ def run_repl(engine: Engine, settings: GenerationSettings, system: str | None) -
         import readline  # noqa: F401  (line editing and history, wide characters included, where available)
     except ImportError:
         pass
-    session = engine.chat(system=system or default_system(engine), settings=settings)
+    session = engine.chat(system=_system(system), settings=settings)
     ctx = engine.model.config.context_length
-    print(f"clova-edge chat: {engine.manifest.raw.get('source', {}).get('id', engine.manifest.folder)} "
+    last = None   # the last turn's final event; None after /reset
+    print(f"clova-edge chat: {engine.manifest.folder} "
           f"({engine.model.variant.name}, {engine.model.threads} threads). /help for commands.", flush=True)
     while True:
         try:
@@ -67,41 +70,47 @@ def run_repl(engine: Engine, settings: GenerationSettings, system: str | None) -
             print(HELP)
         elif command == "/reset":
             session.reset()
+            last = None
             print("(conversation cleared)")
         elif command == "/system":
-            session.set_system(arg.strip())
-            print("(system prompt set)")
+            session.set_system(arg.strip() or None)
+            print("(system prompt set)" if arg.strip() else "(system prompt removed)")
         elif command == "/stats":
-            print(_stats_line(session.last, session.tokens_in_context, ctx))
+            print(_stats_line(last, session.tokens_in_context, ctx))
         elif not text.strip():
             continue
         else:
-            _answer(session, text)
+            left = _answer(session, text)
+            last = session.last
+            if left:
+                return
 
 
-def _answer(session, text: str) -> None:
+def _answer(session, text: str) -> bool:
+    """Stream one answer; True if Ctrl-D was pressed during it (the answer stops and the chat leaves)."""
     events = session.send(text)
     try:
-        for e in events:
-            if e.notice:
-                print(f"({e.notice})", file=sys.stderr, flush=True)
-            print(e.text, end="", flush=True)
+        with AnswerKeys() as keys:
+            for e in events:
+                if e.notice:
+                    print(f"({e.notice})", file=sys.stderr, flush=True)
+                print(e.text, end="", flush=True)
+                if keys.poll():
+                    events.close()  # the turn is kept as far as it went
+                    print("\n(stopped; Ctrl-D: leaving)", flush=True)
+                    return True
         print()
     except KeyboardInterrupt:
         events.close()  # the turn is kept as far as it went
         print("\n(stopped)", flush=True)
+    return False
 
 
 def answer_once(engine: Engine, settings: GenerationSettings, text: str, *, system: str | None = None,
                 json_out: bool = False, raw: bool = False) -> None:
     """Print only the answer (streamed), or one JSON object with text, token ids, finish reason and stats."""
-    text = text.rstrip("\n")
-    if not text.strip():
-        raise PromptError("the prompt is empty (nothing on stdin?): give some text")
-    prompt = text if raw else [*([{"role": "system", "content": system}] if system else []),
-                               {"role": "user", "content": text}]
     parts, ids, last = [], [], None
-    for e in engine.stream(prompt, settings, chat_template=not raw):
+    for e in engine.stream(text.rstrip("\n"), settings, system=_system(system), chat_template=not raw):
         if json_out:
             parts.append(e.text)
         else:

@@ -1,33 +1,40 @@
-"""Engine: an exported model folder, loaded — manifest, tokenizer, chat template and onnxruntime session.
+"""Engine: an exported model folder, loaded — manifest, tokenizer, chat format and onnxruntime session.
 
 `Engine.load(folder)` checks the folder before any long work (manifest version, files present, tokenizer
-parses). Then `stream` / `generate` answer one prompt (a user message run through the chat template, or raw text
-with `chat_template=False`), and `chat()` starts a ChatSession that keeps the KV cache across turns. One Engine
-may be used from several threads at once: every call owns its cache and buffers (onnxruntime allows concurrent
-runs of one session); a ChatSession is for one thread at a time.
+parses). Then `stream` / `generate` answer one prompt (a user message or a list of messages in the model's chat
+format, see conversation.py, or raw text with `chat_template=False`), and `chat()` starts a ChatSession that
+keeps the KV cache across turns. The seam a chat uses: `encode_messages`, `prepare_cache` (roll a cache back and
+make room) and `stream_ids` (prefill ids onto a cache and stream). One Engine may be used from several threads
+at once: every call owns its cache and buffers (onnxruntime allows concurrent runs of one session); a
+ChatSession is for one thread at a time.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .chat import ChatSession
-from .chat_template import ChatTemplate, encode_chat
+from .chat_template import ChatTemplate
+from .conversation import DEFAULT, ChatFormat, SystemPrompt, TurnReader
 from .errors import ManifestError, PromptError, TokenizerError
 from .generate import Event, stream
 from .manifest import Manifest, load_manifest, verify_files
-from .model import OnnxModel
+from .model import KVCache, OnnxModel
 from .settings import GenerationSettings
 from .tokenizer import Tokenizer
+from .tools import Tool, normalize_tools
 
-Messages = Sequence[dict[str, str]]
+Messages = Sequence[dict[str, Any]]
 
 
 class Engine:
     def __init__(self, manifest: Manifest, model: OnnxModel, tokenizer: Tokenizer, template: ChatTemplate):
         self.manifest, self.model, self.tokenizer, self.template = manifest, model, tokenizer, template
+        self.format = ChatFormat(template, tokenizer,
+                                 default_system=(manifest.raw.get("chat") or {}).get("default_system"))
 
     @classmethod
     def load(cls, folder: str | Path, *, variant: str | None = None, threads: int | None = None,
@@ -72,44 +79,85 @@ class Engine:
             raise PromptError(f"the prompt is at least {at_least} tokens; the context is {ctx}: shorten it")
         return text
 
-    def encode(self, prompt: str | Messages, *, chat_template: bool = True, allow_special: bool = False) -> list[int]:
+    def check_message(self, text: str) -> str:
+        """check_text, and not empty: the one empty-prompt check of every path (API, chat, CLI)."""
+        if not self.check_text(text).strip():
+            raise PromptError("the prompt is empty: give some text")
+        return text
+
+    def default_system(self, today: dt.date | None = None) -> str | None:
+        """The model's default system prompt with today's date (HyperCLOVAX's card), or None if it has none."""
+        return self.format.default_system(today)
+
+    def encode(self, prompt: str | Messages, *, system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None,
+               chat_template: bool = True, allow_special: bool = False) -> list[int]:
         """Prompt ids. A str is one user message (chat_template=True) or raw text; a list is the messages.
-        Special-token text typed by a user stays plain text unless allow_special=True (raw-text mode only)."""
+        The model's opening blocks are added (HyperCLOVAX: tool_list and system; see conversation.py);
+        system: DEFAULT (the model's own), a str, or None (none). Special-token text typed by a user stays
+        plain text unless allow_special=True (raw-text mode only)."""
         if isinstance(prompt, str):
-            prompt = self.check_text(prompt)
-            if not prompt.strip():
-                raise PromptError("the prompt is empty: give some text")
+            prompt = self.check_message(prompt)
             if not chat_template:
                 return self.tokenizer.encode(prompt, allow_special=allow_special)
             prompt = [{"role": "user", "content": prompt}]
         if not isinstance(prompt, (list, tuple)) or not all(isinstance(m, dict) for m in prompt):
             raise PromptError(f"the prompt must be a str or a list of message dicts, got {type(prompt).__name__}")
-        for m in prompt:
-            self.check_text(m.get("content", ""))
-        return encode_chat(self.template, self.tokenizer, list(prompt))
+        return self.encode_messages(self.format.prepare(prompt, system, normalize_tools(tools)))
+
+    def encode_messages(self, messages: Messages, *, add_generation_prompt: bool = True) -> list[int]:
+        """Ids of exactly these messages in the model's chat format (no blocks added)."""
+        for m in messages:
+            self.check_text(m.get("content") or "")
+        return self.format.encode(messages, add_generation_prompt=add_generation_prompt)
+
+    def prepare_cache(self, cache: KVCache | None, *, keep: int, room: int) -> KVCache:
+        """`cache` rolled back to its first `keep` positions (rows are positional, so that is its length) with
+        room for `room` more, up to the context; a new cache if None. May return a bigger copy: use the result."""
+        ctx = self.model.config.context_length
+        if cache is None:
+            return self.model.new_cache(min(ctx, keep + room))
+        if not 0 <= keep <= cache.length:
+            raise ValueError(f"cannot keep {keep} positions of a cache holding {cache.length}")
+        cache.length = keep
+        return self.model.ensure_capacity(cache, min(ctx, keep + room))
+
+    def stream_ids(self, ids: list[int], settings: GenerationSettings, *, cache: KVCache,
+                   history: Sequence[int] = (), tools: bool = False) -> Iterator[Event]:
+        """Prefill `ids` onto `cache` (which holds `history`) and stream the answer with the model's stop
+        tokens and strings. tools=True: the turn runs on past <|im_end|> into a call block (not shown)."""
+        ctx = self.model.config.context_length
+        if cache.length + len(ids) >= ctx:
+            raise PromptError(f"the prompt is {cache.length + len(ids)} tokens; the context is {ctx}: shorten it")
+        return stream(self.model, self.tokenizer, cache, ids, settings,
+                      stop_ids=self.format.turn_stop_ids(self.manifest.stop_token_ids, tools),
+                      stop_strings=self.manifest.stop_strings, history=history,
+                      mute_after=self.format.mute_after(tools))
 
     def stream(self, prompt: str | Messages, settings: GenerationSettings | None = None, *,
-               chat_template: bool = True, allow_special: bool = False) -> Iterator[Event]:
-        """Stream the answer to one prompt as Events (text deltas, then a final event with stats)."""
+               system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None, chat_template: bool = True,
+               allow_special: bool = False) -> Iterator[Event]:
+        """Stream the answer to one prompt as Events (text deltas, then a final event with stats; with tools,
+        the final event of an answer that calls tools carries them, finish_reason "tool_calls")."""
         settings = settings or self.default_settings()
-        ids = self.encode(prompt, chat_template=chat_template, allow_special=allow_special)
-        ctx = self.model.config.context_length
-        if not ids:
-            raise PromptError("the prompt is empty: give some text")
-        if len(ids) >= ctx:
-            raise PromptError(f"the prompt is {len(ids)} tokens; the context is {ctx}: shorten it")
-        cache = self.model.new_cache(min(ctx, len(ids) + settings.max_new_tokens))
-        return stream(self.model, self.tokenizer, cache, ids, settings, stop_ids=self.manifest.stop_token_ids,
-                      stop_strings=self.manifest.stop_strings)
+        tools = normalize_tools(tools)
+        ids = self.encode(prompt, system=system, tools=tools, chat_template=chat_template,
+                          allow_special=allow_special)
+        cache = self.prepare_cache(None, keep=0, room=len(ids) + settings.max_new_tokens)
+        events = self.stream_ids(ids, settings, cache=cache, tools=bool(tools))
+        return TurnReader(self.format).wrap(events) if tools else events
 
     def generate(self, prompt: str | Messages, settings: GenerationSettings | None = None, *,
-                 chat_template: bool = True, allow_special: bool = False) -> str:
+                 system: SystemPrompt = DEFAULT, chat_template: bool = True, allow_special: bool = False) -> str:
         """The whole answer as a string."""
-        events = self.stream(prompt, settings, chat_template=chat_template, allow_special=allow_special)
+        events = self.stream(prompt, settings, system=system, chat_template=chat_template,
+                             allow_special=allow_special)
         return "".join(e.text for e in events)
 
-    def chat(self, *, system: str | None = None, settings: GenerationSettings | None = None) -> ChatSession:
-        return ChatSession(self, system=system, settings=settings)
+    def chat(self, *, system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None,
+             settings: GenerationSettings | None = None) -> ChatSession:
+        """A conversation that keeps the KV cache across turns (see ChatSession). system: DEFAULT (the
+        model's own, with today's date), a str, or None; tools: OpenAI-style definitions (HyperCLOVAX)."""
+        return ChatSession(self, system=system, tools=tools, settings=settings)
 
 
 def _check_sizes(manifest: Manifest, names: list[str]) -> None:

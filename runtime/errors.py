@@ -31,3 +31,7 @@ class ExportError(ClovaEdgeError):
 
 class QuantizeError(ClovaEdgeError):
     """The quantization could not be done (already quantized, unknown bits, no manifest...)."""
+
+
+class ToolCallError(ClovaEdgeError, ValueError):
+    """A tool definition, a tool call or a tool result cannot be used (the message says which and why)."""

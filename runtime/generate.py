@@ -25,7 +25,7 @@ from .tokenizer import Tokenizer
 @dataclass(frozen=True)
 class Event:
     """One step of a stream. `text` is the newly visible text (may be empty while UTF-8 or a possible stop
-    string is held back); the last event has `finish_reason` ("stop", "length" or "context") set."""
+    string is held back); the last event has `finish_reason` ("stop", "length" or "tool_calls") set."""
 
     text: str
     token_id: int | None
@@ -36,6 +36,7 @@ class Event:
     decode_tps: float      # generated tokens per second after the first
     finish_reason: str | None = None
     notice: str | None = None  # something the user should know, e.g. turns dropped to fit the context
+    tool_calls: tuple = ()     # on the last event of a turn that asks for tools (finish_reason "tool_calls")
 
 
 def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], settings: GenerationSettings, *,
@@ -63,12 +64,13 @@ def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], set
 
 def stream(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: list[int],
            settings: GenerationSettings, *, stop_ids: Iterable[int] = (), stop_strings: Iterable[str] = (),
-           history: Iterable[int] = ()) -> Iterator[Event]:
-    """Text events for one generation; see Event. The final event carries the finish reason."""
+           history: Iterable[int] = (), mute_after: Iterable[int] = ()) -> Iterator[Event]:
+    """Text events for one generation; see Event. The final event carries the finish reason. No text is
+    shown after an id in `mute_after` (the caller reads what follows, e.g. a tool call block)."""
     stop_set = frozenset(stop_ids)
     # transformers matches stop strings on the whole sequence's token bytes, the prompt's tail included
     history = list(history)
-    visible = StopText(tokenizer, (*stop_strings, *settings.stop), [*history, *prompt_ids])
+    visible = StopText(tokenizer, (*stop_strings, *settings.stop), [*history, *prompt_ids], mute_after=mute_after)
     n, reason, cut_by_string = 0, "length", False
     t0 = time.perf_counter()
     t_first = ttft = prefill_tps = 0.0

@@ -80,8 +80,12 @@ class StopStrings:
 class StopText:
     """The visible text of a generation watched for stop strings: add(id) -> (text to show now, stopped)."""
 
-    def __init__(self, tokenizer: ByteTokenizer, stops: Iterable[str], context: Sequence[int] = ()):
+    def __init__(self, tokenizer: ByteTokenizer, stops: Iterable[str], context: Sequence[int] = (), *,
+                 mute_after: Iterable[int] = ()):
         self._tokenizer = tokenizer
+        # ids after which nothing more is shown (HyperCLOVAX's <|im_end|> with tools on: a call block follows,
+        # which the caller parses); stop strings are still matched there, as transformers does
+        self._mute_after, self._muted = frozenset(mute_after), False
         self.matcher = StopStrings(stops, tokenizer.token_bytes, context)
         self._pending: list[tuple[int, bytes]] = []   # visible bytes not shown yet, with their offset
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -89,6 +93,11 @@ class StopText:
     def add(self, token_id: int) -> tuple[str, bool]:
         start = self.matcher.length
         hit = self.matcher.add(token_id)
+        if self._muted:
+            return "", hit is not None
+        if token_id in self._mute_after:
+            self._muted = True
+            return self._release(start, final=True), hit is not None
         if not self._tokenizer.is_special(token_id):     # special tokens match but are never shown
             self._pending.append((start, self._tokenizer.token_bytes(token_id)))
         if hit is not None:
@@ -97,6 +106,8 @@ class StopText:
 
     def finish(self) -> str:
         """All that is still held back (no stop string came): a possible stop-string prefix, partial UTF-8."""
+        if self._muted:
+            return ""
         return self._release(self.matcher.length, final=True)
 
     def _release(self, upto: int, *, final: bool = False) -> str:

@@ -81,8 +81,9 @@ def test_chat_reuses_the_cache_and_matches_a_fresh_render(tiny):
     first = "".join(e.text for e in chat.send("Hello there"))
     events = list(chat.send("And again?"))
     second = "".join(e.text for e in events)
-    conversation = chat.messages[:-1]                       # system, user, assistant, user
-    assert conversation[2]["content"] == first
+    conversation = chat.messages[:-1]                       # tool_list, system, user, assistant, user
+    assert [m["role"] for m in conversation] == ["tool_list", "system", "user", "assistant", "user"]
+    assert conversation[1]["content"] == "You are terse." and conversation[3]["content"] == first
     full_len = len(tiny.encode(conversation))
     assert events[-1].n_prompt < full_len // 2              # turn 2 prefilled only its new tokens
     assert second == tiny.generate(conversation, GREEDY)    # ... and answers as a fresh run would
