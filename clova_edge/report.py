@@ -1,6 +1,9 @@
-"""`clova-edge info`: a manifest in human form."""
+"""`clova-edge info`: a manifest in human form — the folder, the model's shape, each variant with its size, memory
+and quality figures, and what the export verified."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from clova_edge.runtime.manifest import KV_DTYPE_BYTES, Manifest
 
@@ -14,11 +17,51 @@ def kv_cache_bytes(m: Manifest, tokens: int, bytes_per_value: int = 4) -> int:
     return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * tokens * bytes_per_value
 
 
+def _quality_figures(q: dict[str, Any]) -> dict[str, Any] | None:
+    """The overall quality figures, whichever layout the quantizer wrote: {"all": ..., "texts": ...} (per held-out
+    text) or the older {"tokens", "reference": {...}, "quantized": {...}}."""
+    if isinstance(q.get("all"), dict):
+        return q["all"]
+    if isinstance(q.get("quantized"), dict):
+        ref = (q.get("reference") or {}).get("perplexity")
+        return {**q["quantized"], "tokens": q.get("tokens"), "reference_perplexity": ref}
+    return None
+
+
+def quality_line(q: dict[str, Any]) -> str | None:
+    f = _quality_figures(q)
+    if not f or "perplexity" not in f:
+        return None
+    ref = f.get("reference_perplexity")
+    parts = [f"perplexity {f['perplexity']:.3f}" + (f" (fp32 {ref:.3f}, {f['ppl_delta_pct']:+.1f} %)" if ref else "")]
+    if "mean_kl" in f:
+        parts.append(f"mean KL {f['mean_kl']:.3f} nats")
+    if "top1_agreement" in f:
+        parts.append(f"top-1 agreement {100 * f['top1_agreement']:.1f} %")
+    where = f"{f.get('tokens', '?')} tokens" + (f", windows of {q['window']}" if q.get("window") else "")
+    texts = q.get("texts")
+    if isinstance(texts, dict) and texts:
+        where += f", {len(texts)} texts"
+    return ", ".join(parts) + f" ({where})"
+
+
+def verification_line(name: str, v: dict[str, Any]) -> str:
+    if "max_abs_diff" not in v:
+        return f"{name}: " + ", ".join(f"{k} {val}" for k, val in v.items() if not isinstance(val, (dict, list)))
+    line = (f"{name} vs PyTorch: max |diff| {v['max_abs_diff']:.2e} (relative {v.get('max_rel_diff', 0):.2e}, "
+            f"tolerance {v.get('tolerance_rel', '?')})")
+    if "tokens_equal" in v:
+        line += f", {v.get('steps', '?')} greedy steps " + ("equal" if v["tokens_equal"] else "DIFFER")
+    return line
+
+
 def describe(m: Manifest) -> str:
     c, src = m.config, m.raw.get("source", {})
     kv = kv_cache_bytes(m, c.context_length)   # fp32; each variant below uses its own cache dtype
-    lines = [f"model      {src.get('id', '?')} @ {str(src.get('revision') or '-')[:12]} ({src.get('architecture', '?')})",
-             f"folder     {m.folder}",
+    origin = src.get("id", "?") + (f" ({src['gguf_file']})" if src.get("gguf_file") else "")
+    lines = [f"folder     {m.folder}",
+             f"model      {src.get('architecture', '?')}, {src.get('parameters', 0) / 1e6:.1f}M parameters, "
+             f"exported from {origin} @ {str(src.get('revision') or '-')[:12]}",
              f"shape      {c.num_hidden_layers} layers, hidden {c.hidden_size}, heads {c.num_attention_heads}/"
              f"{c.num_key_value_heads} kv x {c.head_dim}, vocab {c.vocab_size}",
              f"context    {c.context_length} tokens (KV cache at full context: {_mb(kv)} fp32)",
@@ -31,11 +74,10 @@ def describe(m: Manifest) -> str:
         v_kv = kv_cache_bytes(m, c.context_length, KV_DTYPE_BYTES.get(v.kv_dtype, 4))
         lines.append(f"  {name:<6} {v.file:<22} {_mb(v.size_bytes):>10}  {desc}, {v.kv_dtype} KV cache; memory at "
                      f"{c.context_length} tokens ~ {_mb(v.size_bytes + v_kv)}")
-        quality = q.get("quality") if q else None
+        quality = quality_line(q["quality"]) if q and isinstance(q.get("quality"), dict) else None
         if quality:
-            lines.append("         quality: " + ", ".join(f"{k} {val:.4g}" if isinstance(val, float) else f"{k} {val}"
-                                                      for k, val in quality.items() if not isinstance(val, (dict, list))))
-    ver = m.raw.get("verification")
-    if ver:
-        lines.append("verified   " + ", ".join(f"{k} {v}" for k, v in ver.items() if not isinstance(v, (dict, list))))
+            lines.append(f"         quality: {quality}")
+    for name, ver in (m.raw.get("verification") or {}).items():
+        if isinstance(ver, dict):
+            lines.append(f"verified   {verification_line(name, ver)}")
     return "\n".join(lines)

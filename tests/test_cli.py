@@ -12,9 +12,19 @@ pexpect = pytest.importorskip("pexpect")
 CLI = str(Path(sys.executable).with_name("clova-edge"))
 
 
-def run(*args, stdin="", env=None):
-    return subprocess.run([CLI, *args], input=stdin, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+def run(*args, stdin="", env=None, cwd=None):
+    return subprocess.run([CLI, *args], input=stdin, capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={**{k: v for k, v in os.environ.items() if k != "CLOVA_EDGE_MODEL"}, **(env or {})})
+
+
+def one_line_error(out, *words, after_progress=False):
+    """Exit 2 and one `error: ...` line on stderr (after the step lines of a long command, if allowed)."""
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = out.stderr.splitlines()
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in out.stderr, out.stderr
+    assert len(lines) == 1 or after_progress and not any(line.startswith("error") for line in lines[:-1])
+    for w in words:
+        assert w in lines[-1], (w, out.stderr)
 
 
 def test_pipe_prints_only_the_answer(smollm2_model_dir):
@@ -37,6 +47,54 @@ def test_model_dir_from_environment_and_info(smollm2_model_dir):
     assert "fp32" in out.stdout and "context" in out.stdout
 
 
+def test_default_model_is_the_hyperclovax_export_else_the_demo_model(tiny_model_dir, tmp_path):
+    one_line_error(run("info", cwd=tmp_path), "make demo", "make export")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "smollm2-135m").symlink_to(tiny_model_dir)
+    out = run("info", cwd=tmp_path)
+    assert out.returncode == 0 and "folder     models/smollm2-135m" in out.stdout, out.stderr
+    (tmp_path / "models" / "hyperclovax-0.5b").symlink_to(tiny_model_dir)
+    assert "folder     models/hyperclovax-0.5b" in run("info", cwd=tmp_path).stdout
+    one_line_error(run("info", cwd=tmp_path, env={"CLOVA_EDGE_MODEL": "elsewhere"}), "elsewhere")
+
+
+def test_model_folder_positional_or_option_on_every_command(tiny_model_dir):
+    m = str(tiny_model_dir)
+    for args in (["generate", "Hi", m], ["generate", "Hi", "-m", m], ["chat", m], ["chat", "--model", m]):
+        out = run(*args, "--max-new-tokens", "2", stdin="Hi\n")
+        assert out.returncode == 0, (args, out.stderr)
+    for args in (["info", m], ["info", "-m", m]):
+        assert "verified   fp32 vs PyTorch: max |diff|" in run(*args).stdout
+    one_line_error(run("info", m, "-m", m + "-other"), "two model folders")
+
+
+def test_info_shows_quality_and_verification(tiny_model_dir, tmp_path):
+    from test_readme import demo_like_folder
+    out = run("info", str(demo_like_folder(tiny_model_dir, tmp_path / "m")))
+    assert out.returncode == 0, out.stderr
+    assert "quality: perplexity 9.100 (fp32 9.000, +1.1 %), mean KL 0.010 nats, top-1 agreement 90.0 %" in out.stdout
+    assert "greedy steps equal" in out.stdout
+
+
+def test_unknown_variant_names_the_valid_ones(tiny_model_dir):
+    for bad in ("int2", "q4"):
+        one_line_error(run("chat", str(tiny_model_dir), "--variant", bad, stdin="Hi\n"), "int4, int8, fp32")
+    one_line_error(run("chat", str(tiny_model_dir), "--variant", "INT4", stdin="Hi\n"), "quantize", "--bits 4")
+
+
+def test_head_dim_not_a_multiple_of_16_is_refused_before_tracing(tmp_path):
+    src = tmp_path / "hf"
+    src.mkdir()
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 320,
+              "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 40, "intermediate_size": 640,
+              "num_hidden_layers": 1, "vocab_size": 256}
+    (src / "config.json").write_text(json.dumps(config))
+    (src / "model.safetensors").write_bytes(b"")   # never read: the shape is refused first
+    one_line_error(run("export", str(src), str(tmp_path / "out")), "head_dim 40", "multiple of 16",
+                   after_progress=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_model_folder_is_one_clear_line(tmp_path):
     out = run("chat", str(tmp_path / "nope"), stdin="hi\n")
     assert out.returncode == 2
@@ -55,6 +113,7 @@ def test_interactive_chat_in_a_terminal(smollm2_model_dir):
     child = pexpect.spawn(CLI, ["chat", str(smollm2_model_dir), "--max-new-tokens", "300"], encoding="utf-8",
                           timeout=180, dimensions=(40, 120))
     child.expect(">>> ")
+    assert f"clova-edge chat: {smollm2_model_dir} " in child.before   # the folder given, not the export's source
     child.sendline("Hi! Who are you?")
     child.expect(">>> ")                                   # turn 1 answered
     child.sendline("/stats")
@@ -70,16 +129,36 @@ def test_interactive_chat_in_a_terminal(smollm2_model_dir):
     child.sendline("/reset")
     child.expect(r"\(conversation cleared\)")
     child.expect(">>> ")
+    child.sendline("/stats")                               # the old conversation is gone from the stats too
+    child.expect(r"context: empty")
+    child.expect(">>> ")
     child.sendline("Write a very long essay about the history of the sea, with many details.")
     child.expect(r"many details\.\r\n")                    # the terminal's echo of the line (not the answer)
     child.expect(r"\S{4}")                                 # the answer is streaming
     child.sendintr()                                       # Ctrl-C stops it and returns to the prompt
     child.expect(r"\(stopped\)")
     child.expect(">>> ")
+    child.sendline("/stats")
+    child.expect(r"generated, .*\(interrupted\)")
+    child.expect(">>> ")
     child.sendline("/help")
     child.expect("/reset")
     child.expect(">>> ")
     child.sendeof()                                        # Ctrl-D leaves
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_d_during_an_answer_stops_it_and_leaves(smollm2_model_dir):
+    child = pexpect.spawn(CLI, ["chat", str(smollm2_model_dir), "--max-new-tokens", "300"], encoding="utf-8",
+                          timeout=180, dimensions=(40, 120))
+    child.expect(">>> ")
+    child.sendline("Write a very long essay about the history of the sea, with many details.")
+    child.expect(r"many details\.\r\n")
+    child.expect(r"\S{4}")                                 # the answer is streaming
+    child.sendeof()
+    child.expect(r"\(stopped; Ctrl-D: leaving\)")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
