@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import sys
 
+from clova_edge.keys import AnswerKeys
 from clova_edge.runtime.engine import Engine
 from clova_edge.runtime.conversation import DEFAULT
 from clova_edge.runtime.generate import Event
@@ -27,10 +28,11 @@ def _system(system: str | None):
 
 def _stats_line(e: Event | None, in_context: int, ctx: int) -> str:
     if e is None:
-        return f"context: {in_context}/{ctx} tokens; no answer yet"
+        return "context: empty (no answer since the start or /reset)"
+    decode = f"decode {e.decode_tps:.1f} tok/s" if e.n_generated > 1 else "decode not timed"
     return (f"context: {in_context}/{ctx} tokens | last turn: {e.n_prompt} new prompt tokens, {e.n_generated} "
             f"generated, first token {e.ttft_s * 1000:.0f} ms, prefill {e.prefill_tps:.0f} tok/s, "
-            f"decode {e.decode_tps:.1f} tok/s ({e.finish_reason})")
+            f"{decode} ({e.finish_reason or 'interrupted'})")
 
 
 def _read_message() -> str:
@@ -49,7 +51,8 @@ def run_repl(engine: Engine, settings: GenerationSettings, system: str | None) -
         pass
     session = engine.chat(system=_system(system), settings=settings)
     ctx = engine.model.config.context_length
-    print(f"clova-edge chat: {engine.manifest.raw.get('source', {}).get('id', engine.manifest.folder)} "
+    last = None   # the last turn's final event; None after /reset
+    print(f"clova-edge chat: {engine.manifest.folder} "
           f"({engine.model.variant.name}, {engine.model.threads} threads). /help for commands.", flush=True)
     while True:
         try:
@@ -67,29 +70,40 @@ def run_repl(engine: Engine, settings: GenerationSettings, system: str | None) -
             print(HELP)
         elif command == "/reset":
             session.reset()
+            last = None
             print("(conversation cleared)")
         elif command == "/system":
             session.set_system(arg.strip() or None)
             print("(system prompt set)" if arg.strip() else "(system prompt removed)")
         elif command == "/stats":
-            print(_stats_line(session.last, session.tokens_in_context, ctx))
+            print(_stats_line(last, session.tokens_in_context, ctx))
         elif not text.strip():
             continue
         else:
-            _answer(session, text)
+            left = _answer(session, text)
+            last = session.last
+            if left:
+                return
 
 
-def _answer(session, text: str) -> None:
+def _answer(session, text: str) -> bool:
+    """Stream one answer; True if Ctrl-D was pressed during it (the answer stops and the chat leaves)."""
     events = session.send(text)
     try:
-        for e in events:
-            if e.notice:
-                print(f"({e.notice})", file=sys.stderr, flush=True)
-            print(e.text, end="", flush=True)
+        with AnswerKeys() as keys:
+            for e in events:
+                if e.notice:
+                    print(f"({e.notice})", file=sys.stderr, flush=True)
+                print(e.text, end="", flush=True)
+                if keys.poll():
+                    events.close()  # the turn is kept as far as it went
+                    print("\n(stopped; Ctrl-D: leaving)", flush=True)
+                    return True
         print()
     except KeyboardInterrupt:
         events.close()  # the turn is kept as far as it went
         print("\n(stopped)", flush=True)
+    return False
 
 
 def answer_once(engine: Engine, settings: GenerationSettings, text: str, *, system: str | None = None,
