@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import ToolCallError
@@ -114,3 +115,15 @@ def find_call_block(tail: str) -> str | None:
     <|im_end|>, special tokens written out), or None if there is none."""
     m = _CALL.match(tail)
     return m.group(1) if m else None
+
+
+def load_tools(path: str | Path) -> tuple[dict[str, Any], ...]:
+    """Tool definitions from a JSON file (a list, or {"tools": [...]}), normalized."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ToolCallError(f"{path}: cannot read the tools file ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ToolCallError(f"{path}: not a JSON file of tool definitions ({e})") from None
+    return normalize_tools(data.get("tools") if isinstance(data, dict) else data)

@@ -34,10 +34,16 @@ class _Config:
     context_length: int
 
 
+@dataclass
+class _Variant:
+    name: str
+
+
 class ScriptedModel:
     def __init__(self, replies: list[list[int]], vocab_size: int, context_length: int = 4096, filler: int = 0):
         self.replies, self.filler = list(replies), filler
         self.config = _Config(vocab_size, context_length)
+        self.variant, self.threads = _Variant("scripted"), 1     # what the CLI's banner names
         self.prompts: list[list[int]] = []      # the ids of every prefill, in order
         self._reply: list[int] = []
         self._pos = 0
