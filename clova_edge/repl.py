@@ -44,12 +44,12 @@ def _read_message() -> str:
     return "\n".join(lines)
 
 
-def run_repl(engine: Engine, settings: GenerationSettings, system: str | None) -> None:
+def run_repl(engine: Engine, settings: GenerationSettings, system: str | None, tools=None) -> None:
     try:
         import readline  # noqa: F401  (line editing and history, wide characters included, where available)
     except ImportError:
         pass
-    session = engine.chat(system=_system(system), settings=settings)
+    session = engine.chat(system=_system(system), tools=tools, settings=settings)
     ctx = engine.model.config.context_length
     last = None   # the last turn's final event; None after /reset
     print(f"clova-edge chat: {engine.manifest.folder} "
@@ -81,14 +81,33 @@ def run_repl(engine: Engine, settings: GenerationSettings, system: str | None) -
             continue
         else:
             left = _answer(session, text)
+            while not left and session.pending_calls:   # the model paused for tools: the user runs them
+                results = _tool_results(session)
+                left = results is None or _answer(session, text, session.add_tool_result(*results))
             last = session.last
             if left:
                 return
 
 
-def _answer(session, text: str) -> bool:
-    """Stream one answer; True if Ctrl-D was pressed during it (the answer stops and the chat leaves)."""
-    events = session.send(text)
+def _tool_results(session) -> list[str] | None:
+    """Show each call the model asked for and read its result (JSON or text); None on Ctrl-D."""
+    results = []
+    for call in session.pending_calls:
+        print(f"[tool call] {call.name} {json.dumps(call.arguments, ensure_ascii=False)}", flush=True)
+        try:
+            results.append(input(f"result of {call.name}> "))
+        except EOFError:
+            print()
+            return None
+        except KeyboardInterrupt:   # the model is told, and answers without it
+            print()
+            results.append('{"error": "the user cancelled this call"}')
+    return results
+
+
+def _answer(session, text: str, events=None) -> bool:
+    """Stream one answer (or the given events); True if Ctrl-D was pressed during it (the chat leaves)."""
+    events = session.send(text) if events is None else events
     try:
         with AnswerKeys() as keys:
             for e in events:
@@ -107,10 +126,11 @@ def _answer(session, text: str) -> bool:
 
 
 def answer_once(engine: Engine, settings: GenerationSettings, text: str, *, system: str | None = None,
-                json_out: bool = False, raw: bool = False) -> None:
+                json_out: bool = False, raw: bool = False, tools=None) -> None:
     """Print only the answer (streamed), or one JSON object with text, token ids, finish reason and stats."""
     parts, ids, last = [], [], None
-    for e in engine.stream(text.rstrip("\n"), settings, system=_system(system), chat_template=not raw):
+    for e in engine.stream(text.rstrip("\n"), settings, system=_system(system), tools=tools,
+                           chat_template=not raw):
         if json_out:
             parts.append(e.text)
         else:
@@ -123,6 +143,9 @@ def answer_once(engine: Engine, settings: GenerationSettings, text: str, *, syst
         print(json.dumps({"text": "".join(parts), "tokens": ids, "finish_reason": last.finish_reason,
                           "prompt_tokens": last.n_prompt, "generated_tokens": last.n_generated,
                           "ttft_s": round(last.ttft_s, 4), "prefill_tps": round(last.prefill_tps, 2),
-                          "decode_tps": round(last.decode_tps, 2)}, ensure_ascii=False))
+                          "decode_tps": round(last.decode_tps, 2),
+                          "tool_calls": [c.to_dict() for c in last.tool_calls]}, ensure_ascii=False))
     else:
         print()
+        for c in last.tool_calls:
+            print(f"[tool call] {c.name} {json.dumps(c.arguments, ensure_ascii=False)}")
