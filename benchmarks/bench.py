@@ -60,16 +60,43 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release()}
 
 
-def eval_ids(hf: Path) -> list[int]:
-    """quant/data/eval.txt tokenized by the model's own Hugging Face tokenizer (no special tokens)."""
-    from tokenizers import Tokenizer
+EVAL_MODELS = ("smollm2", "smollm2-perm")    # real weights: quality rows (the full-size model is random)
+EXTRA_RECIPES = ("int4-fast",)              # clova-edge INT4 recipes benchmarked beside the default one
+AGREEMENT_PENALTY = 1.2                     # the HyperCLOVAX manifest's repetition penalty (its model card's)
 
-    text = (ROOT / "quant" / "data" / "eval.txt").read_text(encoding="utf-8")
-    return Tokenizer.from_file(str(hf / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+
+def quality_inputs(hf: Path, smoke: bool = False) -> dict[str, Any]:
+    """Spec fields of a quality run: the held-out texts (quant/report.py's) and the answer-agreement prompts
+    (quant/data/agreement_prompts.json), chat-templated, all tokenized by the model's own Hugging Face tokenizer."""
+    from transformers import AutoTokenizer
+
+    from clova_edge.quant.report import evaluation_texts
+
+    tok = AutoTokenizer.from_pretrained(hf)
+    texts = {k: tok(v, add_special_tokens=False).input_ids[:96 if smoke else None]
+             for k, v in evaluation_texts().items()}
+    prompts = json.loads((ROOT / "quant" / "data" / "agreement_prompts.json").read_text(encoding="utf-8"))
+    ids = [list(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=True)["input_ids"])
+           for p in prompts[:3 if smoke else None]]
+    stops = {i for i in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if isinstance(i, int)}
+    return {"eval_texts": texts, "agreement_prompts": tuple(ids), "stop_ids": tuple(sorted(stops)),
+            "agreement_tokens": 4 if smoke else 32, "repetition_penalty": AGREEMENT_PENALTY}
+
+
+def extra_recipe_folder(folder: Path, recipe: str, say: Callable[[str], None]) -> Path:
+    """`folder` re-quantized with another INT4 recipe into a sibling folder (made once)."""
+    from clova_edge.quant import QuantSettings, quantize_model_folder
+
+    out = folder.with_name(f"{folder.name}-{recipe}")
+    if not (out / "manifest.json").is_file():
+        say(f"  quantizing {folder.name} with recipe {recipe}")
+        quantize_model_folder(folder, QuantSettings.make(recipe=recipe, evaluate=False), out_folder=out)
+    return out
 
 
 def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
-             clova_folder: Path | None = None) -> list[Row]:
+             clova_folder: Path | None = None, extra_recipes: tuple[str, ...] = EXTRA_RECIPES) -> list[Row]:
     """Install/convert what `peers` need for model `name` and list its rows (a failing peer is reported, skipped).
     clova_folder: an already exported clova-edge folder to use instead of exporting hf."""
     work, logs, main = WORK / name, WORK / "logs" / name, Path(sys.executable)
@@ -89,14 +116,17 @@ def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
     if "clova" in peers:
         def clova() -> list[Row]:
             folder = clova_folder or prepare.clova_model(hf, work / "clova", logs)
-            manifest = json.loads((folder / "manifest.json").read_text())
+            folders = [(folder, "")] + [(extra_recipe_folder(folder, r, say), r) for r in extra_recipes]
             out = []
-            for v, info in manifest["variants"].items():
-                f = folder / info["file"]
-                kv_bytes = KV_DTYPE_BYTES[info.get("kv_dtype", "float32")]
-                out.append(Row(f"clova-edge {v}", "clova", folder, main, prepare.onnx_weight_bytes(f), kv_bytes,
-                               sum(prepare.disk_bytes(folder / x) for x in [info["file"], *info.get("data_files", [])]),
-                               variant=v))
+            for d, recipe in folders:
+                manifest = json.loads((d / "manifest.json").read_text())
+                for v, info in manifest["variants"].items():
+                    f = d / info["file"]
+                    kv_bytes = KV_DTYPE_BYTES[info.get("kv_dtype", "float32")]
+                    label = f"clova-edge {recipe or v}"
+                    out.append(Row(label, "clova", d, main, prepare.onnx_weight_bytes(f), kv_bytes,
+                                   sum(prepare.disk_bytes(d / x) for x in [info["file"], *info.get("data_files", [])]),
+                                   variant=v))
             return out
         attempt("clova-edge", clova)
     if "ortgenai" in peers:
@@ -141,8 +171,19 @@ def run_row(row: Row, spec: Spec, what: str, timeout: int) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout} s"}
         if proc.returncode != 0 or not out_file.is_file():
-            return {"error": (proc.stderr or proc.stdout)[-1500:]}
+            return {"error": exit_reason(proc.returncode) + (proc.stderr or proc.stdout)[-1500:]}
         return json.loads(out_file.read_text())
+
+
+def exit_reason(returncode: int) -> str:
+    """'killed by SIGILL (illegal instruction): ' for a runner a signal ended, '' otherwise."""
+    if returncode >= 0:
+        return "" if returncode == 0 else f"exit {returncode}: "
+    import signal
+    sig = signal.Signals(-returncode)
+    hint = {"SIGILL": " (illegal instruction: a build for another CPU)", "SIGKILL": " (out of memory?)",
+            "SIGSEGV": " (crash)"}.get(sig.name, "")
+    return f"killed by {sig.name}{hint}: "
 
 
 def describe(row: Row) -> dict[str, Any]:
@@ -152,7 +193,7 @@ def describe(row: Row) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="clova_edge.benchmarks.bench")
-    ap.add_argument("--models", default="full,smollm2")
+    ap.add_argument("--models", default="full,smollm2,smollm2-perm")
     ap.add_argument("--peers", default="clova,ortgenai,llamacpp,torch_fp32,optimum")
     ap.add_argument("--only", default="", help="comma-separated substrings of row labels to run")
     ap.add_argument("--repetitions", type=int, default=3)
@@ -185,10 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     models_out = results.setdefault("models", {})
     for name in models:
         hf = build(name)
-        rows = rows_for(name, hf, peers, say, a.clova_model)
+        rows = rows_for(name, hf, peers, say, a.clova_model, () if a.smoke else EXTRA_RECIPES)
+        # the fp32 row first: it writes the reference log-probs and answers the other quality rows compare with
+        rows.sort(key=lambda r: r.label != "clova-edge fp32")
         results["install_seconds"] = envs.install_seconds()
         entry = models_out.setdefault(name, {"rows": {}})
-        ppl = name == "smollm2" or a.smoke
+        ppl = name in EVAL_MODELS or a.smoke
+        qspec = replace(spec, **quality_inputs(hf, a.smoke), reference_dir=str(WORK / name / "reference")) \
+            if ppl else spec
         for row in rows:
             if only and not any(s in row.label for s in only):
                 continue
@@ -197,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             say(f"[{name}] {row.label} ...")
             if ppl:
-                run_spec = replace(spec, perplexity_ids=tuple(eval_ids(hf)[:96 if a.smoke else None]))
+                run_spec = replace(qspec, write_reference=row.label == "clova-edge fp32")
                 what = "ttft,decode" if a.smoke else "none"
             else:
                 run_spec, what = spec, "ttft,decode,long"

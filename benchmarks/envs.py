@@ -7,13 +7,15 @@
 A peer venv reaches the main venv's packages (torch, transformers, numpy, clova_edge itself) through a .pth file
 that adds the main site-packages AFTER its own, so only what a peer pins is installed twice.
 
-llama.cpp is built with -DGGML_NATIVE=OFF and each x86 feature passed explicitly, AMX off: this VM's CPU
-advertises AMX but faults on it (a native build dies with SIGILL on quantized models). Each step leaves a stamp
+llama.cpp is built with -DGGML_NATIVE=OFF and each x86 feature switched on from what /proc/cpuinfo reports (AMX
+always off: one of these VMs advertises AMX but faults on it). The build folder is keyed by those switches, so a
+build made on another CPU is never reused. Each step leaves a stamp
 and is skipped when its stamp exists; the seconds each install took go to .peers/install_seconds.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -27,9 +29,31 @@ from pathlib import Path
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 LLAMA_TARGETS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama")
-X86_FLAGS = {"GGML_AVX": "ON", "GGML_AVX2": "ON", "GGML_FMA": "ON", "GGML_F16C": "ON", "GGML_BMI2": "ON",
-             "GGML_AVX512": "ON", "GGML_AVX512_VNNI": "ON", "GGML_AVX512_BF16": "ON", "GGML_AVX_VNNI": "ON",
-             "GGML_AVX512_VBMI": "OFF", "GGML_AMX_TILE": "OFF", "GGML_AMX_INT8": "OFF", "GGML_AMX_BF16": "OFF"}
+# ggml's CMake switch -> the /proc/cpuinfo flags the CPU must report for it to be ON. Machines of "one kind"
+# differ (an Intel Xeon with AVX-512 VNNI, an AMD EPYC with AVX2 only), so the build follows the CPU it runs on.
+# AMX stays off whatever the CPU says: this VM's Xeon advertises AMX but faults on it (SIGILL on quantized models).
+X86_FEATURES = {"GGML_AVX": ("avx",), "GGML_AVX2": ("avx2",), "GGML_FMA": ("fma",), "GGML_F16C": ("f16c",),
+                "GGML_BMI2": ("bmi2",),
+                "GGML_AVX512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),  # ggml's -mavx512* set
+                "GGML_AVX512_VNNI": ("avx512_vnni",), "GGML_AVX512_BF16": ("avx512_bf16",),
+                "GGML_AVX512_VBMI": ("avx512vbmi",), "GGML_AVX_VNNI": ("avx_vnni",)}
+NEVER_ON = ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The feature flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.is_file() else ""
+    line = next((x for x in cpuinfo.splitlines() if x.startswith("flags")), "")
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
+def x86_flags(flags: set[str]) -> dict[str, str]:
+    """ggml's x86 switches for a CPU with `flags`: ON exactly where the CPU reports every needed feature."""
+    out = {k: "ON" if all(f in flags for f in need) else "OFF" for k, need in X86_FEATURES.items()}
+    out.update({k: "OFF" for k in NEVER_ON})
+    return out
 
 
 class InstallError(RuntimeError):
@@ -124,14 +148,15 @@ def cmake_flags() -> list[str]:
              "LLAMA_BUILD_TESTS": "OFF", "LLAMA_BUILD_EXAMPLES": "OFF", "LLAMA_BUILD_SERVER": "OFF",
              "LLAMA_BUILD_APP": "OFF", "LLAMA_OPENSSL": "OFF", "LLAMA_CURL": "OFF"}
     if platform.machine() in ("x86_64", "AMD64"):
-        flags.update(X86_FLAGS)
+        flags.update(x86_flags(cpu_flags()))
     return [f"-D{k}={v}" for k, v in flags.items()]
 
 
 def install_llamacpp(jobs: int = 2) -> LlamaCpp:
     """Download the llama-cpp-python sdist, build its llama.cpp tools, set up the binding's venv."""
     log = peers_dir() / "logs" / "llamacpp.log"
-    build = peers_dir() / "llama-build"
+    key = hashlib.sha256(" ".join(cmake_flags()).encode()).hexdigest()[:10]
+    build = peers_dir() / f"llama-build-{key}"     # one build per CPU feature set (see module doc)
     t0 = time.perf_counter()
     sdist = _fetch_sdist(log)
     source = sdist / "vendor" / "llama.cpp"

@@ -9,8 +9,9 @@ for perplexity. `measure(adapter, spec)` times every runtime the same way:
   decode      gaps between consecutive tokens after a short prompt and after spec.long_context tokens;
               tok/s = 1 / median gap (the spread: from the 10th/90th percentile gaps)
   peak_rss    the runner process's peak resident memory over everything above (one process per runtime)
+  quality     perplexity per evaluation text, KL / top-1 against the fp32 reference, greedy answers to the
+              agreement prompts (benchmarks/quality.py)
 Synthetic prompts are fixed-seed random ids below the vocabulary size: speed does not depend on the text.
-Perplexity follows quant/report.py: independent windows (512 tokens), every position but a window's first scored.
 This module imports only numpy: runners import it inside peer virtual environments.
 """
 
@@ -19,10 +20,12 @@ from __future__ import annotations
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+
+from . import quality
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,13 @@ class Spec:
     long_context: int = 3500           # decode measured with this many tokens already in the cache
     long_decode_tokens: int = 32
     perplexity_window: int = 512
-    perplexity_ids: tuple[int, ...] = ()   # evaluation-text ids (model's own tokenizer); empty: no perplexity
+    eval_texts: dict = field(default_factory=dict)   # {text name: ids (the model's own tokenizer)}; {}: no quality
+    reference_dir: str = ""            # where the fp32 reference log-probs are (or, write_reference, go)
+    write_reference: bool = False
+    agreement_prompts: tuple = ()      # chat-templated prompt ids for answer agreement (benchmarks/quality.py)
+    agreement_tokens: int = 32
+    repetition_penalty: float = 1.0
+    stop_ids: tuple[int, ...] = ()
     vocab_limit: int = 32000           # synthetic ids are drawn below this (every tokenizer here has them)
     seed: int = 0
 
@@ -121,7 +130,8 @@ def _decode_figures(times: list[float]) -> dict[str, Any]:
 
 def measure(adapter: Adapter, spec: Spec, *, what: Sequence[str] = ("ttft", "decode", "long")) -> dict[str, Any]:
     """Run the protocol on `adapter`; returns plain JSON-ready figures."""
-    spec_out = {**spec.to_dict(), "perplexity_ids": len(spec.perplexity_ids)}   # the count, not the ids
+    spec_out = {**spec.to_dict(), "eval_texts": {k: len(v) for k, v in spec.eval_texts.items()},   # counts,
+                "agreement_prompts": len(spec.agreement_prompts)}                                  # not the ids
     res: dict[str, Any] = {"spec": spec_out, "load_avg_start": load_average()}
     t0 = time.perf_counter()
     adapter.load(spec.threads)
@@ -140,27 +150,14 @@ def measure(adapter: Adapter, spec: Spec, *, what: Sequence[str] = ("ttft", "dec
         times = _time_decode(adapter, spec.long_context, spec.long_decode_tokens, spec, salt=200)
         res["decode_long"] = {"context": spec.long_context, **_decode_figures(times),
                               "prefill_and_decode_s": time.perf_counter() - t1}
-    if spec.perplexity_ids and hasattr(adapter, "logits"):
-        res["perplexity"] = perplexity(adapter.logits, np.asarray(spec.perplexity_ids), spec.perplexity_window)
+    if spec.eval_texts and hasattr(adapter, "logits"):
+        res["quality"] = quality.evaluate_texts(adapter.logits, spec.eval_texts, spec.perplexity_window,
+                                                spec.reference_dir, spec.write_reference)
+    if spec.agreement_prompts and (hasattr(adapter, "logits") or hasattr(adapter, "step")):
+        t1 = time.perf_counter()
+        res["answers"] = quality.answers(adapter, spec.agreement_prompts, spec.agreement_tokens,
+                                         spec.repetition_penalty, spec.stop_ids)
+        res["answers_s"] = time.perf_counter() - t1
     res["peak_rss_mb"] = peak_rss_mb()
     res["load_avg_end"] = load_average()
     return res
-
-
-def windows(ids: np.ndarray, size: int) -> list[np.ndarray]:
-    """The evaluation windows of quant/report.py: consecutive chunks of `size`, each of at least 2 tokens."""
-    return [ids[i:i + size] for i in range(0, len(ids) - 1, size) if len(ids[i:i + size]) >= 2]
-
-
-def perplexity(logits_fn, ids: np.ndarray, window: int) -> dict[str, Any]:
-    """exp(mean NLL) over all windows; logits_fn(window_ids) -> (S, V) logits of every position."""
-    nll, n = 0.0, 0
-    for w in windows(ids, window):
-        x = np.asarray(logits_fn(w))[:-1]                  # (S-1, V): predicts w[1:]
-        for i in range(0, len(x), 64):                      # 64 rows at a time: no (S, V) float64 temporaries
-            rows = x[i:i + 64].astype(np.float64)
-            top = rows.max(axis=-1)
-            lse = top + np.log(np.exp(rows - top[:, None]).sum(axis=-1))
-            nll += float((lse - rows[np.arange(len(rows)), w[1 + i:1 + i + len(rows)]]).sum())
-        n += len(w) - 1
-    return {"perplexity": float(np.exp(nll / n)), "tokens": n, "window": window}

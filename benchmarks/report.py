@@ -1,6 +1,7 @@
 """Render benchmark results: bench.json (everything), bench.md (the tables the README shows), bench.png (chart).
 
-Pure functions from the results dict to text/figures; `write_all` writes the three files atomically enough for a
+Pure functions from the results dict to text/figures (the quality side: report_quality.py); `write_all` writes them
+(bench-quality.png too) atomically enough for a
 run that rewrites them after every row (write to a temporary name, then rename).
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from . import report_quality as RQ
 
 MB = 1e6
 
@@ -87,19 +90,6 @@ def scaling_table(results: dict[str, Any], name: str) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def perplexity_table(results: dict[str, Any], name: str) -> str:
-    rows = results["models"][name]["rows"]
-    ref = _get(rows.get("PyTorch fp32", {}), "result", "perplexity", "perplexity")
-    lines = ["| runtime | disk MB | perplexity | vs PyTorch fp32 | tokens |", "|---|---|---|---|---|"]
-    for label, rec in rows.items():
-        p = _get(rec, "result", "perplexity")
-        if not p:
-            continue
-        delta = f"{100 * (p['perplexity'] / ref - 1):+.2f}%" if ref else "-"
-        lines.append(f"| {label} | {rec['disk_bytes'] / MB:.0f} | {p['perplexity']:.3f} | {delta} | {p['tokens']} |")
-    return "\n".join(lines) if len(lines) > 2 else ""
-
-
 def llama_bench_table(entry: dict[str, Any]) -> str:
     """llama.cpp's own llama-bench figures (pp = prompt tokens/s, tg = generated tokens/s, d = depth)."""
     lines = ["| GGUF | test | tokens/s (+- stddev) |", "|---|---|---|"]
@@ -113,6 +103,7 @@ def llama_bench_table(entry: dict[str, Any]) -> str:
 
 MODEL_SHAPES = {"full": {"layers": 24, "kv_heads": 8, "head_dim": 128},
                 "smollm2": {"layers": 30, "kv_heads": 3, "head_dim": 64},
+                "smollm2-perm": {"layers": 30, "kv_heads": 3, "head_dim": 64},
                 "tiny": {"layers": 2, "kv_heads": 2, "head_dim": 64}}
 
 
@@ -131,10 +122,17 @@ def markdown(results: dict[str, Any]) -> str:
         lb = llama_bench_table(results["models"][name])
         if lb:
             out += [f"### {name}: llama-bench (llama.cpp's own benchmark, same build and threads)", "", lb, ""]
-        ppl = perplexity_table(results, name)
-        if ppl:
-            out += [f"### {name}: perplexity on quant/data/eval.txt (windows of {spec['perplexity_window']})",
-                    "", ppl, ""]
+        quality = RQ.quality_table(results, name)
+        if quality:
+            note = RQ.GRID_NOTE.get(name, "")
+            out += [f"### {name}: quality on the held-out texts of quant/data/eval/ (windows of "
+                    f"{spec['perplexity_window']}; against {RQ.REFERENCE}){': ' + note if note else ''}", "",
+                    "Answers = fp32: share of the agreement prompts whose greedy answer (repetition penalty "
+                    f"{spec.get('repetition_penalty', 1.0)}, up to {spec.get('agreement_tokens', 32)} tokens) equals "
+                    "the fp32 model's.", "", quality, ""]
+    goals = RQ.targets_table(results)
+    if goals:
+        out += ["### Targets of the INT4 quality issue (rows of this run)", "", goals, ""]
     if results.get("install_seconds"):
         out += ["Install times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["install_seconds"].items()), ""]
     return "\n".join(out)
@@ -172,7 +170,9 @@ def write_all(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for fname, write in (("bench.json", lambda p: p.write_text(json.dumps(results, indent=1))),
                          ("bench.md", lambda p: p.write_text(markdown(results))),
-                         ("bench.png", lambda p: chart(results, p))):
+                         ("bench.png", lambda p: chart(results, p)),
+                         ("bench-quality.png", lambda p: RQ.quality_speed_chart(results, p))):
         tmp = out / f".{fname}.tmp"
         write(tmp)
-        tmp.replace(out / fname)
+        if tmp.exists():
+            tmp.replace(out / fname)

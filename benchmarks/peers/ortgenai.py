@@ -43,6 +43,15 @@ class OrtGenaiAdapter:
             arrivals.append(time.perf_counter())
         return arrivals
 
+    def start(self, prompt_ids: list[int]) -> np.ndarray:
+        """Answer agreement (benchmarks/quality.py): one generator per answer, tokens appended one by one."""
+        self._gen = self._generator(prompt_ids, len(prompt_ids) + 64)
+        return np.asarray(self._gen.get_logits(), np.float32).reshape(-1)
+
+    def step(self, token: int) -> np.ndarray:
+        self._gen.append_tokens(np.asarray([token], np.int32))
+        return np.asarray(self._gen.get_logits(), np.float32).reshape(-1)
+
     def logits(self, ids: np.ndarray) -> np.ndarray:
         gen = self._generator(ids, len(ids) + 1)
         out = np.asarray(gen.get_output("logits"), np.float32)

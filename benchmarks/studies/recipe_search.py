@@ -1,0 +1,106 @@
+"""Study: which INT4 recipe? Candidates scored on the CALIBRATION text only (never quant/data/eval/).
+
+    python -m clova_edge.benchmarks.studies.recipe_search FOLDER [FOLDER ...] [--out results.json]
+
+FOLDER: an exported fp32 clova-edge folder (SmolLM2 and its off-grid permutation, export/offgrid.py). For each
+candidate: the graph is rewritten (quant/rewrite.py), its int8 KV cache calibrated, and compared with fp32 on the
+calibration ids (quant/calibrate.py): perplexity delta, mean KL, top-1; plus the bits per weight it stores. The
+recipe that became the INT4 default (quant/recipe.py) cites this study's output in benchmarks/studies/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+
+from clova_edge.quant import calibrate as C
+from clova_edge.quant.kvcache import calibrate_kv_scales, rewrite_int8_kv
+from clova_edge.quant.recipe import RECIPES, Recipe, TensorRule
+from clova_edge.quant.report import quality_report, reference_logprobs
+from clova_edge.quant.rewrite import rewrite_model
+from clova_edge.runtime.manifest import load_manifest
+
+Q4, Q4A = TensorRule(4, 128), TensorRule(4, 128, symmetric=False)
+Q8 = TensorRule(8, 128)
+
+
+def candidates() -> dict[str, Recipe]:
+    base = RECIPES["int4-fast"]
+    mk = lambda name, **kw: replace(base, name=name, **kw)  # noqa: E731
+    return {
+        "int4-fast (sym/128)": base,
+        "int4-fast, accuracy level 0 (fp32 activations)": mk("acc0", accuracy_level=0),
+        "int4-fast, fp32 KV cache": mk("kv32", kv_cache="float32"),
+        "int4-fast, 8-bit/32 vocabulary": mk("lm32", lm_head=TensorRule(8, 32)),
+        "asym/128": mk("asym128", default=Q4A),
+        "sym/64": mk("sym64", default=TensorRule(4, 64)),
+        "asym/64": mk("asym64", default=TensorRule(4, 64, False)),
+        "sym/32": mk("sym32", default=TensorRule(4, 32)),
+        "asym/128 + down 8-bit (more_bits)": mk("m1", default=Q4A, overrides=(("down", "more_bits", Q8),)),
+        "asym/128 + down,qkv 8-bit (more_bits)": mk("m2", default=Q4A, overrides=(
+            ("down", "more_bits", Q8), ("qkv", "more_bits", Q8))),
+        "asym/128 + all 8-bit (ends)": mk("m3", default=Q4A, overrides=tuple(
+            (r, "ends", Q8) for r in ("qkv", "o", "gate_up", "down"))),
+        "gptq asym/128": mk("g1", default=Q4A, method="gptq"),
+        "gptq asym/128 + down 8-bit (more_bits)": mk("g2", default=Q4A, method="gptq",
+                                                     overrides=(("down", "more_bits", Q8),)),
+    }
+
+
+def bits_per_weight(records: list[dict]) -> float:
+    n = sum(r["shape"][0] * r["shape"][1] for r in records)
+    b = sum(r["shape"][0] * r["shape"][1] * TensorRule(r["bits"], r["block_size"], r["symmetric"]).bits_per_weight()
+            for r in records)
+    return b / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    results: dict = json.loads(a.out.read_text()) if a.out and a.out.is_file() else {}
+    for folder in a.folders:
+        manifest = load_manifest(folder)
+        ids = C.calibration_ids(manifest)
+        t0 = time.perf_counter()
+        imp = C.activation_importance(manifest, ids)
+        need_h = any(r.method == "gptq" for r in candidates().values())
+        hess = C.activation_hessians(manifest, ids) if need_h else None
+        kv = calibrate_kv_scales(manifest, ids)
+        print(f"{folder}: {len(ids)} calibration ids, statistics {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        ref = reference_logprobs(manifest, {"calib": ids})
+        model = onnx.load(str(folder / manifest.variants["fp32"].file))
+        out = results.setdefault(str(folder), {})
+        for label, recipe in candidates().items():
+            if a.only and not any(s in label for s in a.only.split(",")):
+                continue
+            t1 = time.perf_counter()
+            q, records = rewrite_model(model, recipe, importance=imp, hessians=hess)
+            if recipe.kv_cache == "int8":
+                rewrite_int8_kv(q, kv)
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                path = Path(tmp) / "cand.onnx"
+                onnx.save_model(q, str(path), save_as_external_data=True, location="cand.onnx.data")
+                quality = quality_report(manifest, {"calib": ids}, quantized_file=path, reference=ref)["all"]
+                size = (Path(tmp) / "cand.onnx.data").stat().st_size
+            out[label] = {**quality, "data_bytes": size, "linear_bpw": bits_per_weight(
+                [r for r in records if r["role"] != "lm_head"]), "seconds": time.perf_counter() - t1}
+            print(f"{label:45s} ppl {quality['ppl_delta_pct']:+6.2f}%  KL {quality['mean_kl']:.4f}  top1 "
+                  f"{100 * quality['top1_agreement']:.1f}%  {size / 1e6:.1f} MB  "
+                  f"bpw {out[label]['linear_bpw']:.3f}  {out[label]['seconds']:.0f} s", flush=True)
+            if a.out:
+                a.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
