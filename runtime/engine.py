@@ -18,8 +18,9 @@ from typing import Any, Iterator, Sequence
 
 from .chat import ChatSession
 from .chat_template import ChatTemplate
+from .constrain import Constraint, Grammars
 from .conversation import DEFAULT, ChatFormat, SystemPrompt, TurnReader
-from .errors import ManifestError, PromptError, TokenizerError
+from .errors import ConstraintError, ManifestError, PromptError, TokenizerError
 from .generate import Event, stream
 from .manifest import Manifest, load_manifest, verify_files
 from .model import KVCache, OnnxModel
@@ -121,8 +122,23 @@ class Engine:
         cache.length = keep
         return self.model.ensure_capacity(cache, min(ctx, keep + room))
 
+    @functools.cached_property
+    def grammars(self) -> Grammars:
+        """Constrained-output builder for this vocabulary (needs llguidance; built on first use)."""
+        return Grammars(self.tokenizer, self.model.config.vocab_size,
+                        self.format.turn_stop_ids(self.manifest.stop_token_ids, False))
+
+    def constraint(self, *, json_schema: Any = None, regex: str | None = None) -> Constraint | None:
+        """The constraint for an answer that is JSON valid against `json_schema`, or matches `regex`."""
+        if json_schema is not None and regex is not None:
+            raise ConstraintError("give json_schema or regex, not both")
+        if json_schema is not None:
+            return self.grammars.json_schema(json_schema)
+        return self.grammars.regex(regex) if regex is not None else None
+
     def stream_ids(self, ids: list[int], settings: GenerationSettings, *, cache: KVCache,
-                   history: Sequence[int] = (), tools: bool = False) -> Iterator[Event]:
+                   history: Sequence[int] = (), tools: bool = False,
+                   constraint: Constraint | None = None) -> Iterator[Event]:
         """Prefill `ids` onto `cache` (which holds `history`) and stream the answer with the model's stop
         tokens and strings. tools=True: the turn runs on past <|im_end|> into a call block (not shown)."""
         ctx = self.model.config.context_length
@@ -131,26 +147,31 @@ class Engine:
         return stream(self.model, self.tokenizer, cache, ids, settings,
                       stop_ids=self.format.turn_stop_ids(self.manifest.stop_token_ids, tools),
                       stop_strings=self.manifest.stop_strings, history=history,
-                      mute_after=self.format.mute_after(tools))
+                      mute_after=self.format.mute_after(tools), constraint=constraint)
 
     def stream(self, prompt: str | Messages, settings: GenerationSettings | None = None, *,
                system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None, chat_template: bool = True,
-               allow_special: bool = False) -> Iterator[Event]:
+               allow_special: bool = False, json_schema: Any = None, regex: str | None = None) -> Iterator[Event]:
         """Stream the answer to one prompt as Events (text deltas, then a final event with stats; with tools,
-        the final event of an answer that calls tools carries them, finish_reason "tool_calls")."""
+        the final event of an answer that calls tools carries them, finish_reason "tool_calls").
+        json_schema / regex: every token is constrained so the answer is that (needs llguidance)."""
         settings = settings or self.default_settings()
         tools = normalize_tools(tools)
+        if tools and (json_schema is not None or regex is not None):
+            raise ConstraintError("constrained output and tools cannot be combined in one answer")
+        constraint = self.constraint(json_schema=json_schema, regex=regex)
         ids = self.encode(prompt, system=system, tools=tools, chat_template=chat_template,
                           allow_special=allow_special)
         cache = self.prepare_cache(None, keep=0, room=len(ids) + settings.max_new_tokens)
-        events = self.stream_ids(ids, settings, cache=cache, tools=bool(tools))
+        events = self.stream_ids(ids, settings, cache=cache, tools=bool(tools), constraint=constraint)
         return TurnReader(self.format).wrap(events) if tools else events
 
     def generate(self, prompt: str | Messages, settings: GenerationSettings | None = None, *,
-                 system: SystemPrompt = DEFAULT, chat_template: bool = True, allow_special: bool = False) -> str:
+                 system: SystemPrompt = DEFAULT, chat_template: bool = True, allow_special: bool = False,
+                 json_schema: Any = None, regex: str | None = None) -> str:
         """The whole answer as a string."""
         events = self.stream(prompt, settings, system=system, chat_template=chat_template,
-                             allow_special=allow_special)
+                             allow_special=allow_special, json_schema=json_schema, regex=regex)
         return "".join(e.text for e in events)
 
     def chat(self, *, system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None,

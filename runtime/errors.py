@@ -35,3 +35,7 @@ class QuantizeError(ClovaEdgeError):
 
 class ToolCallError(ClovaEdgeError, ValueError):
     """A tool definition, a tool call or a tool result cannot be used (the message says which and why)."""
+
+
+class ConstraintError(ClovaEdgeError, ValueError):
+    """Constrained output cannot be given: llguidance missing, or a JSON schema / regex it cannot compile."""

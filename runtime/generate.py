@@ -14,6 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .constrain import Constraint
 from .errors import PromptError
 from .model import KVCache, OnnxModel
 from .sampling import make_sampler, PenaltyState
@@ -40,10 +41,12 @@ class Event:
 
 
 def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], settings: GenerationSettings, *,
-                    stop_ids: Iterable[int] = (), history: Iterable[int] = ()) -> Iterator[int]:
+                    stop_ids: Iterable[int] = (), history: Iterable[int] = (),
+                    constraint: Constraint | None = None) -> Iterator[int]:
     """Yield sampled ids. The prompt ids are added to `cache` (which may already hold `history`, e.g. earlier
     chat turns); every yielded id but the last is fed back into the cache. Stops after a stop id, after
-    max_new_tokens, or when the cache is full (the caller sizes it; at most the context length)."""
+    max_new_tokens, or when the cache is full (the caller sizes it; at most the context length). A
+    `constraint` (constrain.py) masks the logits before every sample."""
     if not prompt_ids:
         raise PromptError("the prompt is empty: give at least one token")
     if cache.length + len(prompt_ids) > cache.capacity:
@@ -54,7 +57,11 @@ def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], set
     stop = frozenset(stop_ids)
     logits = model.prefill(cache, np.asarray(prompt_ids, np.int64))
     for i in range(settings.max_new_tokens):
+        if constraint is not None:
+            logits = constraint.mask(logits)
         token = sample(logits, seen.ids)
+        if constraint is not None:
+            constraint.advance(token)
         yield token
         if token in stop or i + 1 == settings.max_new_tokens or cache.length >= cache.capacity:
             return
@@ -64,7 +71,8 @@ def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], set
 
 def stream(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: list[int],
            settings: GenerationSettings, *, stop_ids: Iterable[int] = (), stop_strings: Iterable[str] = (),
-           history: Iterable[int] = (), mute_after: Iterable[int] = ()) -> Iterator[Event]:
+           history: Iterable[int] = (), mute_after: Iterable[int] = (),
+           constraint: Constraint | None = None) -> Iterator[Event]:
     """Text events for one generation; see Event. The final event carries the finish reason. No text is
     shown after an id in `mute_after` (the caller reads what follows, e.g. a tool call block)."""
     stop_set = frozenset(stop_ids)
@@ -79,7 +87,8 @@ def stream(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: l
         decode_tps = (n - 1) / (time.perf_counter() - t_first) if n > 1 else 0.0
         return Event(text, token, len(prompt_ids), n, ttft, prefill_tps, decode_tps, finish)
 
-    for token in generate_tokens(model, cache, prompt_ids, settings, stop_ids=stop_set, history=history):
+    for token in generate_tokens(model, cache, prompt_ids, settings, stop_ids=stop_set, history=history,
+                                 constraint=constraint):
         n += 1
         if n == 1:
             t_first = time.perf_counter()
