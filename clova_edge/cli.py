@@ -109,6 +109,8 @@ def generate(prompt: str = typer.Argument(..., help="the prompt (a user message;
              system: Optional[str] = typer.Option(None, "--system", help="system prompt"),
              raw: bool = typer.Option(False, "--raw", help="no chat template: continue the text as given"),
              json_out: bool = typer.Option(False, "--json", help="print one JSON object with text and stats"),
+             json_schema: Optional[Path] = typer.Option(
+                 None, "--json-schema", help="JSON schema file: the answer is JSON valid against it (llguidance)"),
              max_new_tokens: Optional[int] = MaxNew, temperature: Optional[float] = Temp, top_k: Optional[int] = TopK,
              top_p: Optional[float] = TopP, min_p: Optional[float] = MinP, repetition_penalty: Optional[float] = RepPen,
              seed: Optional[int] = Seed, stop: Optional[list[str]] = Stop) -> None:
@@ -117,7 +119,9 @@ def generate(prompt: str = typer.Argument(..., help="the prompt (a user message;
     engine = _load(model, model_opt, variant, threads)
     settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
     text = _read_stdin() if prompt == "-" else prompt
-    answer_once(engine, settings, text, system=system, json_out=json_out, raw=raw)
+    from clova_edge.runtime.constrain import load_json_schema
+    schema = load_json_schema(json_schema) if json_schema else None
+    answer_once(engine, settings, text, system=system, json_out=json_out, raw=raw, json_schema=schema)
 
 
 @app.command()
