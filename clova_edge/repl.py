@@ -126,11 +126,11 @@ def _answer(session, text: str, events=None) -> bool:
 
 
 def answer_once(engine: Engine, settings: GenerationSettings, text: str, *, system: str | None = None,
-                json_out: bool = False, raw: bool = False, tools=None) -> None:
+                json_out: bool = False, raw: bool = False, tools=None, json_schema=None) -> None:
     """Print only the answer (streamed), or one JSON object with text, token ids, finish reason and stats."""
     parts, ids, last = [], [], None
     for e in engine.stream(text.rstrip("\n"), settings, system=_system(system), tools=tools,
-                           chat_template=not raw):
+                           chat_template=not raw, json_schema=json_schema):
         if json_out:
             parts.append(e.text)
         else:
