@@ -7,8 +7,9 @@ Used by arm/test-arm.sh to show that the arm64 (qemu) answer equals the x86 answ
   python arm/greedy_check.py noise REF.npz X86.npz ARM.npz [--factor 2]
 
 `dump` follows runtime/manifest.py's graph contract (one graph for prefill and decode, in-place KV buffers bound
-with IOBinding) and needs only numpy, onnxruntime and clova_edge.runtime; --file runs another graph of the folder
-(e.g. the INT4 graph with MatMulNBits accuracy_level 0). One thread, so both sides reduce in the same order.
+with IOBinding) and needs only numpy, onnxruntime and clova_edge.runtime; --file runs another graph of the
+folder (e.g. the INT4 graph with MatMulNBits accuracy_level 0). One thread, so both sides reduce in the same
+order.
 `compare` exits 1 unless the token ids are identical and the first-step logits agree within rtol x max|logit|.
 `noise` compares two runs' first-step logits with a reference (the same INT4 weights computed in fp32): it exits 1
 unless ARM's rms deviation is at most `factor` x x86's (+1e-4) - both computing with int8 activations

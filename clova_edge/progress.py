@@ -1,9 +1,9 @@
 """Progress of long steps (export, quantize, bench) on stderr, as the `progress` callback they take.
 
-Every message is a step ("trace: ONNX ...") except counted ones, "[i/n] detail" (the quantizer's per-layer lines),
-which become one bar with an ETA. On a terminal the current step is one line rewritten in place with its elapsed
-time; elsewhere (a log, CI) steps are plain lines and a bar is printed sparsely (at 25 % steps). Only the CLI and
-the demo use it: library code reports through `progress` and prints nothing itself.
+Every message is a step ("trace: ONNX ...") except counted ones, "[i/n] detail" (the quantizer's per-layer
+lines), which become one bar with an ETA. On a terminal the current step is one line rewritten in place with
+its elapsed time; elsewhere (a log, CI) steps are plain lines and a bar is printed sparsely (at 25 % steps).
+Only the CLI and the demo use it: library code reports through `progress` and prints nothing itself.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def _duration(s: float) -> str:
 
 
 class StepProgress:
-    """Callable progress reporter; use as a context manager so the last line is finished and the ticker stops."""
+    """Callable progress reporter; use it as a context manager, so the last line is finished and the ticker
+    stops."""
 
     def __init__(self, out: TextIO | None = None, *, tty: bool | None = None, tick_s: float = 0.5):
         self.out = out or sys.stderr
@@ -64,7 +65,7 @@ class StepProgress:
         if self.count is None:
             return f"{self.step}  ({_duration(now - self.t_step)})"
         done, total, start, first = self.count
-        elapsed = now - start          # since the first count: what came before (calibration...) is not the rate
+        elapsed = now - start   # since the first count: what came before (calibration...) is not the rate
         width = 24
         bar = "#" * (width * done // max(total, 1))
         eta = f", ETA {_duration(elapsed / (done - first) * (total - done))}" if first < done < total else ""

@@ -1,9 +1,9 @@
-"""`clova-edge bench`: one model on this machine — time to first token, prefill and decode speed, memory and the
-memory bandwidth decode achieves. (benchmarks/ holds the side-by-side comparison with the peers.)
+"""`clova-edge bench`: one model on this machine — time to first token, prefill and decode speed, memory and
+the memory bandwidth decode achieves. (benchmarks/ holds the side-by-side comparison with the peers.)
 
-Each repeat is a fresh cache, a random prompt of ordinary tokens and `new_tokens` decoded with no stop id, so every
-repeat times the same work. The result also says what share of its threads' CPU time the process got: on a busy,
-shared machine the speed figures are the neighbours' as much as the model's.
+Each repeat is a fresh cache, a random prompt of ordinary tokens and `new_tokens` decoded with no stop id, so
+every repeat times the same work. The result also says what share of its threads' CPU time the process got: on
+a busy, shared machine the speed figures are the neighbours' as much as the model's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from clova_edge.runtime.settings import GenerationSettings
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS of this process in MiB: VmHWM (not ru_maxrss, which Linux carries over fork + exec from a parent;
+    """Peak RSS of this process in MiB: VmHWM (not ru_maxrss, which Linux carries over fork + exec from a
+    parent;
     see benchmarks/protocol.py)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -62,7 +63,8 @@ def run_quick_bench(folder: Path, *, variant: str | None = None, threads: int | 
     cpu_share = (time.process_time() - cpu0) / ((time.perf_counter() - wall0) * engine.model.threads)
     v = engine.model.variant
     tps = float(np.median(decode))
-    return {"model": str(folder), "variant": v.name, "threads": engine.model.threads, "load_s": round(load_s, 3),
+    return {"model": str(folder), "variant": v.name, "threads": engine.model.threads,
+            "load_s": round(load_s, 3),
             "prompt_tokens": prompt_tokens, "ttft_s": round(float(np.median(ttft)), 4),
             "prefill_tps": round(prompt_tokens / float(np.median(ttft)), 1), "decode_tokens": new_tokens - 1,
             "decode_tps": round(tps, 2), "decode_tps_spread": [round(min(decode), 2), round(max(decode), 2)],

@@ -30,9 +30,9 @@ def _stats_line(e: Event | None, in_context: int, ctx: int) -> str:
     if e is None:
         return "context: empty (no answer since the start or /reset)"
     decode = f"decode {e.decode_tps:.1f} tok/s" if e.n_generated > 1 else "decode not timed"
-    return (f"context: {in_context}/{ctx} tokens | last turn: {e.n_prompt} new prompt tokens, {e.n_generated} "
-            f"generated, first token {e.ttft_s * 1000:.0f} ms, prefill {e.prefill_tps:.0f} tok/s, "
-            f"{decode} ({e.finish_reason or 'interrupted'})")
+    return (f"context: {in_context}/{ctx} tokens | last turn: {e.n_prompt} new prompt tokens, "
+            f"{e.n_generated} generated, first token {e.ttft_s * 1000:.0f} ms, "
+            f"prefill {e.prefill_tps:.0f} tok/s, {decode} ({e.finish_reason or 'interrupted'})")
 
 
 def _read_message() -> str:

@@ -1,4 +1,5 @@
-"""`clova-edge info`: a manifest in human form — the folder, the model's shape, each variant with its size, memory
+"""`clova-edge info`: a manifest in human form — the folder, the model's shape, each variant with its size,
+memory
 and quality figures, and what the export verified."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def kv_cache_bytes(m: Manifest, tokens: int, bytes_per_value: int = 4) -> int:
 
 
 def _quality_figures(q: dict[str, Any]) -> dict[str, Any] | None:
-    """The overall quality figures, whichever layout the quantizer wrote: {"all": ..., "texts": ...} (per held-out
+    """The overall quality figures, whichever layout the quantizer wrote: {"all": ..., "texts": ...} (per
+    held-out
     text) or the older {"tokens", "reference": {...}, "quantized": {...}}."""
     if isinstance(q.get("all"), dict):
         return q["all"]
@@ -33,7 +35,8 @@ def quality_line(q: dict[str, Any]) -> str | None:
     if not f or "perplexity" not in f:
         return None
     ref = f.get("reference_perplexity")
-    parts = [f"perplexity {f['perplexity']:.3f}" + (f" (fp32 {ref:.3f}, {f['ppl_delta_pct']:+.1f} %)" if ref else "")]
+    against = f" (fp32 {ref:.3f}, {f['ppl_delta_pct']:+.1f} %)" if ref else ""
+    parts = [f"perplexity {f['perplexity']:.3f}{against}"]
     if "mean_kl" in f:
         parts.append(f"mean KL {f['mean_kl']:.3f} nats")
     if "top1_agreement" in f:
@@ -47,9 +50,10 @@ def quality_line(q: dict[str, Any]) -> str | None:
 
 def verification_line(name: str, v: dict[str, Any]) -> str:
     if "max_abs_diff" not in v:
-        return f"{name}: " + ", ".join(f"{k} {val}" for k, val in v.items() if not isinstance(val, (dict, list)))
-    line = (f"{name} vs PyTorch: max |diff| {v['max_abs_diff']:.2e} (relative {v.get('max_rel_diff', 0):.2e}, "
-            f"tolerance {v.get('tolerance_rel', '?')})")
+        flat = (f"{k} {val}" for k, val in v.items() if not isinstance(val, (dict, list)))
+        return f"{name}: " + ", ".join(flat)
+    line = (f"{name} vs PyTorch: max |diff| {v['max_abs_diff']:.2e} "
+            f"(relative {v.get('max_rel_diff', 0):.2e}, tolerance {v.get('tolerance_rel', '?')})")
     if "tokens_equal" in v:
         line += f", {v.get('steps', '?')} greedy steps " + ("equal" if v["tokens_equal"] else "DIFFER")
     return line
@@ -62,18 +66,19 @@ def describe(m: Manifest) -> str:
     lines = [f"folder     {m.folder}",
              f"model      {src.get('architecture', '?')}, {src.get('parameters', 0) / 1e6:.1f}M parameters, "
              f"exported from {origin} @ {str(src.get('revision') or '-')[:12]}",
-             f"shape      {c.num_hidden_layers} layers, hidden {c.hidden_size}, heads {c.num_attention_heads}/"
-             f"{c.num_key_value_heads} kv x {c.head_dim}, vocab {c.vocab_size}",
+             f"shape      {c.num_hidden_layers} layers, hidden {c.hidden_size}, heads "
+             f"{c.num_attention_heads}/{c.num_key_value_heads} kv x {c.head_dim}, vocab {c.vocab_size}",
              f"context    {c.context_length} tokens (KV cache at full context: {_mb(kv)} fp32)",
              f"stops      ids {list(m.stop_token_ids)} strings {list(m.stop_strings)}",
              f"defaults   {m.generation or '{}'}",
              "variants"]
     for name, v in m.variants.items():
         q = v.quantization
-        desc = "fp32" if not q else f"{q.get('scheme', '?')} {q.get('bits', '?')}-bit block {q.get('block_size', '-')}"
+        desc = ("fp32" if not q else
+                f"{q.get('scheme', '?')} {q.get('bits', '?')}-bit block {q.get('block_size', '-')}")
         v_kv = kv_cache_bytes(m, c.context_length, KV_DTYPE_BYTES.get(v.kv_dtype, 4))
-        lines.append(f"  {name:<6} {v.file:<22} {_mb(v.size_bytes):>10}  {desc}, {v.kv_dtype} KV cache; memory at "
-                     f"{c.context_length} tokens ~ {_mb(v.size_bytes + v_kv)}")
+        lines.append(f"  {name:<6} {v.file:<22} {_mb(v.size_bytes):>10}  {desc}, {v.kv_dtype} KV cache; "
+                     f"memory at {c.context_length} tokens ~ {_mb(v.size_bytes + v_kv)}")
         quality = quality_line(q["quality"]) if q and isinstance(q.get("quality"), dict) else None
         if quality:
             lines.append(f"         quality: {quality}")

@@ -29,9 +29,10 @@ def quiet_exporter() -> Iterator[None]:
         lg.setLevel(logging.ERROR)
     bars = _progress_bars(enable=False)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=r".*will not be used, since it shares the same shape constraints",
-                                category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*",
+                                category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message=r".*will not be used, since it shares the same shape constraints")
         try:
             yield
         finally:

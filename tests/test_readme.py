@@ -28,7 +28,8 @@ def readme_commands() -> list[str]:
 
 def demo_like_folder(src: Path, dst: Path) -> Path:
     """A copy of exported test model `src` (files symlinked) with a second variant "int8" that reuses the fp32
-    graph, so the README's `--variant int8` runs on the tiny model in seconds. Its quality figures are invented,
+    graph, so the README's `--variant int8` runs on the tiny model in seconds. Its quality figures are
+    invented,
     only for `info` to show; nothing here measures quality."""
     dst.mkdir(parents=True)
     for p in src.iterdir():

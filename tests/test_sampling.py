@@ -23,7 +23,7 @@ def f32(*xs):
     return np.array(xs, dtype=np.float32)
 
 
-# ---- hand-computed vectors -----------------------------------------------------------------------------------
+# ---- hand-computed vectors ---------------------------------------------------------------------------------
 
 def test_repetition_penalty_by_hand():
     logits = f32(2.0, -1.0, 0.5, 3.0)
@@ -93,7 +93,7 @@ def test_two_level_sample_matches_the_distribution():
     assert {sample(small, rng, block=2) for _ in range(200)} == {1, 5}
 
 
-# ---- purity --------------------------------------------------------------------------------------------------
+# ---- purity ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fn", [
     lambda x: apply_repetition_penalty(x, np.array([0, 2, 2]), 1.3),
@@ -122,7 +122,7 @@ def test_processors_return_new_arrays():
         assert out is not x and not np.shares_memory(out, x)
 
 
-# ---- the sampler ---------------------------------------------------------------------------------------------
+# ---- the sampler -------------------------------------------------------------------------------------------
 
 def test_greedy_is_argmax_after_the_penalty():
     logits = f32(3.0, 2.0, -1.0, 0.0)
@@ -221,7 +221,7 @@ def test_top_p_equals_a_full_sort(vocab, scale):
         assert {sampler(logits, np.array([])) for _ in range(50)} <= want
 
 
-# ---- PenaltyState --------------------------------------------------------------------------------------------
+# ---- PenaltyState ------------------------------------------------------------------------------------------
 
 def test_penalty_state_keeps_distinct_ids_in_first_seen_order():
     st = PenaltyState(10, [3, 1, 3, 3, 7])
@@ -254,7 +254,7 @@ def test_penalty_state_rejects_ids_outside_the_vocabulary():
         PenaltyState(10).add(-1)
 
 
-# ---- agreement with transformers' processors -------------------------------------------------------------------
+# ---- agreement with transformers' processors ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def hf():
@@ -326,7 +326,7 @@ def test_greedy_with_penalty_equals_transformers_argmax(hf):
         assert not math.isnan(want)
 
 
-# ---- per-token cost at the real vocabulary ---------------------------------------------------------------------
+# ---- per-token cost at the real vocabulary -----------------------------------------------------------------
 
 @pytest.mark.slow
 @pytest.mark.parametrize("settings, budget_ms", [

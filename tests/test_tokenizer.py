@@ -1,9 +1,10 @@
 """The runtime tokenizer gives exactly the ids of the `tokenizers` library on the same tokenizer.json.
 
-Compared on four tokenizer.json files (see tokenizer_files.py): the HyperCLOVAX cl100k stand-in (with and without
-ignore_merges), cl100k with the classic regex, and SmolLM2's. Over a fixed corpus, a seeded fuzz of thousands of
-strings, and hypothesis. Special-token text typed by a user stays text unless allow_special=True. tiktoken must
-agree where the pattern has no Oniguruma-divergent construct. The runtime module imports no torch/tokenizers.
+Compared on four tokenizer.json files (see tokenizer_files.py): the HyperCLOVAX cl100k stand-in (with and
+without ignore_merges), cl100k with the classic regex, and SmolLM2's. Over a fixed corpus, a seeded fuzz of
+thousands of strings, and hypothesis. Special-token text typed by a user stays text unless allow_special=True.
+tiktoken must agree where the pattern has no Oniguruma-divergent construct. The runtime module imports no
+torch/tokenizers.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def _tiktoken(pattern: str):
 
 @pytest.mark.parametrize("name", ["hyperclovax", "merges", "classic"])
 def test_tiktoken_agrees(name: str):
-    """The stand-in's regex is tiktoken's; `\\p{N}{1,3}+` reads differently in Oniguruma, so skip 4+ digit runs.
+    """The stand-in's regex is tiktoken's; `\\p{N}{1,3}+` reads differently in Oniguruma, so skip 4+ digit
+    runs.
     The classic regex has no divergent construct: tiktoken agrees everywhere."""
     spec = json.loads(tokenizer_json(name).read_text(encoding="utf-8"))
     enc = _tiktoken(spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"])
