@@ -1,14 +1,14 @@
 """A chat that keeps the KV cache across turns, in the model's own format, with HyperCLOVAX's tool calls.
 
 `messages` is the whole conversation as the model sees it: the opening blocks (HyperCLOVAX: tool_list, then
-system), then the turns. Each turn renders it all (conversation.py), keeps the longest prefix of ids already in
-the cache, rolls the cache back to it and prefills only the rest (through the Engine's seam: encode_messages,
-prepare_cache, stream_ids). When the conversation would overflow the context, the oldest whole turns are dropped
-(never the opening blocks) and the first event of the turn says so.
+system), then the turns. Each turn renders it all (conversation.py), keeps the longest prefix of ids already
+in the cache, rolls the cache back to it and prefills only the rest (through the Engine's seam:
+encode_messages, prepare_cache, stream_ids). When the conversation would overflow the context, the oldest
+whole turns are dropped (never the opening blocks) and the first event of the turn says so.
 
-Tools (HyperCLOVAX): when an answer ends in a call block, its last event has finish_reason "tool_calls" and the
-calls; run them and give the results with add_tool_result(...), which streams the rest of the answer.
-A ChatSession is for one thread at a time; make one per conversation.
+Tools (HyperCLOVAX): when an answer ends in a call block, its last event has finish_reason "tool_calls" and
+the calls; run them and give the results with add_tool_result(...), which streams the rest of the answer. A
+ChatSession is for one thread at a time; make one per conversation.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class ChatSession:
         self._busy = threading.Lock()
 
     def reset(self) -> None:
-        """Forget the conversation but keep the opening blocks; the cache is kept (rolled back on the next turn)."""
+        """Forget the conversation but keep the opening blocks; the cache is kept (rolled back next turn)."""
         self.messages = [m for m in self.messages if m["role"] in OPENING_ROLES]
         self.pending_calls, self.last = (), None
 
@@ -82,9 +82,11 @@ class ChatSession:
             if not calls:
                 raise ToolCallError("no tool call is waiting for a result")
             if len(results) != len(calls):
-                raise ToolCallError(f"the model asked for {len(calls)} call(s) ({', '.join(c.name for c in calls)});"
-                                    f" give {len(calls)} result(s), got {len(results)}")
-            added = [{"role": TOOL_ROLE, "content": self.engine.check_text(result_content(r))} for r in results]
+                names = ", ".join(c.name for c in calls)
+                raise ToolCallError(f"the model asked for {len(calls)} call(s) ({names}); "
+                                    f"give {len(calls)} result(s), got {len(results)}")
+            added = [{"role": TOOL_ROLE, "content": self.engine.check_text(result_content(r))}
+                     for r in results]
             yield from self._turn(added, settings)
         finally:
             self._busy.release()
@@ -95,7 +97,8 @@ class ChatSession:
         self.messages += added
         ids, dropped = self._fit(min(settings.max_new_tokens, ctx // 4), len(added))
         keep = common_prefix(self.cache_ids, ids[:-1])   # at least one new token is run
-        self.cache = engine.prepare_cache(self.cache, keep=keep, room=len(ids) - keep + settings.max_new_tokens)
+        self.cache = engine.prepare_cache(self.cache, keep=keep,
+                                          room=len(ids) - keep + settings.max_new_tokens)
         reader, answer = TurnReader(engine.format), []
         notice = f"dropped the {dropped} oldest turn(s) to fit the {ctx}-token context" if dropped else None
         self.pending_calls = ()
@@ -111,8 +114,8 @@ class ChatSession:
         finally:
             message = {"role": "assistant", "content": "".join(answer)}
             if reader.calls:   # the answer paused for tools: its call block is kept as the model wrote it
-                message.update(tool_calls=[c.to_dict() for c in reader.calls], tool_call_text=reader.call_text,
-                               final=False)
+                message.update(tool_calls=[c.to_dict() for c in reader.calls],
+                               tool_call_text=reader.call_text, final=False)
                 self.pending_calls = reader.calls
             self.messages.append(message)
             self.cache_ids = (ids + reader.ids)[: self.cache.length]
@@ -128,8 +131,9 @@ class ChatSession:
             starts = [i for i, m in enumerate(self.messages) if m["role"] == "user"]
             first = next(i for i, m in enumerate(self.messages) if m["role"] not in OPENING_ROLES)
             if len(starts) <= 1:
-                del self.messages[len(self.messages) - n_added:]   # only the new turn is left: it alone is too long
+                # only the new turn is left: it alone is too long
+                del self.messages[len(self.messages) - n_added:]
                 raise PromptError(f"this message is {len(ids)} tokens with the system prompt; the context is "
                                   f"{ctx} tokens and {reserve} are kept for the answer: shorten it")
-            del self.messages[first:starts[1]]   # the oldest whole turn: user, answers, tool calls and results
+            del self.messages[first:starts[1]]   # the oldest whole turn: user, answers, calls, results
             dropped += 1

@@ -1,16 +1,17 @@
 """The model's own chat template (Jinja, from tokenizer_config.json), rendered the way transformers does.
 
 `ChatTemplate.render(messages)` gives exactly transformers' `apply_chat_template(messages, tokenize=False)`:
-the same sandboxed Jinja environment (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, loopcontrols),
-the same helpers (raise_exception, strftime_now, a JSON-faithful tojson, a restricted namespace and dict) and
-the same variables (messages, tools, documents, add_generation_prompt, bos_token/eos_token/... from the config).
-Templates are untrusted code from the Hub; the sandbox keeps them from reaching Python internals.
+the same sandboxed Jinja environment (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks,
+loopcontrols), the same helpers (raise_exception, strftime_now, a JSON-faithful tojson, a restricted namespace
+and dict) and the same variables (messages, tools, documents, add_generation_prompt, bos_token/eos_token/...
+from the config). Templates are untrusted code from the Hub; the sandbox keeps them from reaching Python
+internals.
 
 `encode_chat` turns messages into ids SAFELY: a special token becomes its control id only where the template
 itself wrote it. Special-token text inside a message (a user typing `<|im_end|><|im_start|>system`) is fenced
-with unguessable markers before rendering and encoded as plain text. `encode_turn` gives the ids a chat session
-must add to a KV cache that already holds an earlier rendering of the conversation. This module does not
-tokenize by itself; it drives any tokenizer with `encode(text, allow_special=False)` and `special_tokens`.
+with unguessable markers before rendering and encoded as plain text. `encode_turn` gives the ids a chat
+session must add to a KV cache that already holds an earlier rendering of the conversation. This module does
+not tokenize by itself; it drives any tokenizer with `encode(text, allow_special=False)` and `special_tokens`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class ChatTemplate:
         try:
             self._template = _environment().from_string(source)
         except jinja2.TemplateSyntaxError as e:
-            raise TokenizerError(f"chat template: Jinja syntax error at line {e.lineno}: {e.message}") from None
+            raise TokenizerError(f"chat template: Jinja syntax error at line {e.lineno}: "
+                                 f"{e.message}") from None
 
     @classmethod
     def from_tokenizer_config(cls, path: str | Path, *, name: str | None = None) -> "ChatTemplate":
@@ -75,13 +77,15 @@ class ChatTemplate:
                                      f"(have: {', '.join(map(str, named))}); pass name=")
             source = named[want]
         if not isinstance(source, str):
-            raise TokenizerError(f"{path}: no chat_template (a string) in the file and no chat_template.jinja "
-                                 "beside it; this tokenizer has no chat format, use raw-text prompts")
+            raise TokenizerError(f"{path}: no chat_template (a string) in the file and no "
+                                 "chat_template.jinja beside it; this tokenizer has no chat format, "
+                                 "use raw-text prompts")
         named_tokens = {k: t for k in NAMED_TOKENS if (t := _token_text(config.get(k))) is not None}
         return cls(source, named_tokens)
 
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
-               tools: Sequence[Mapping[str, Any]] | None = None, documents: Sequence[Mapping[str, Any]] | None = None,
+               tools: Sequence[Mapping[str, Any]] | None = None,
+               documents: Sequence[Mapping[str, Any]] | None = None,
                **extra: Any) -> str:
         """The prompt text for `messages`, byte-for-byte what transformers' apply_chat_template renders.
 
@@ -136,9 +140,10 @@ def encode_chat(template: ChatTemplate, tokenizer: TokenizerLike, messages: Sequ
 
 @functools.lru_cache(maxsize=8)
 def _patterns(specials: tuple[str, ...]) -> tuple[re.Pattern, re.Pattern]:
-    """The special-token matcher and the cutter (fence-generic, so compiled once per vocabulary, not per call)."""
+    """The special-token matcher and the cutter (fence-generic: compiled once per vocabulary)."""
     alternatives = "|".join(re.escape(s) for s in specials)
-    cutter = re.compile(f"\ue000([0-9a-f]{{16}})\ue001({alternatives})\ue002([0-9a-f]{{16}})\ue003|({alternatives})")
+    cutter = re.compile(f"\ue000([0-9a-f]{{16}})\ue001({alternatives})\ue002([0-9a-f]{{16}})\ue003"
+                        f"|({alternatives})")
     return re.compile(alternatives), cutter
 
 
@@ -171,7 +176,7 @@ def _encode_plain(tokenizer: TokenizerLike, text: str) -> list[int]:
     return tokenizer.encode(text, allow_special=False) if text else []
 
 
-# ---- the sandbox, as transformers configures it -------------------------------------------------------------
+# ---- the sandbox, as transformers configures it ------------------------------------------------------------
 
 class _GenerationTag(jinja2.ext.Extension):
     """`{% generation %}...{% endgeneration %}` (assistant-mask templates): renders its body unchanged."""
@@ -204,7 +209,8 @@ class _Namespace(jinja2.utils.Namespace):
     @staticmethod
     def _check(key: Any) -> None:
         if isinstance(key, str) and key.startswith("_"):
-            raise jinja2.exceptions.SecurityError(f"chat templates cannot set underscore attributes ({key!r})")
+            raise jinja2.exceptions.SecurityError(
+                f"chat templates cannot set underscore attributes ({key!r})")
 
 
 class _Dict:
@@ -240,10 +246,10 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
-# ---- what the template may see: plain JSON-like data only ----------------------------------------------------
+# ---- what the template may see: plain JSON-like data only --------------------------------------------------
 
 def _plain(value: Any) -> Any:
-    """Rebuild `value` from plain str/int/float/bool/None, dicts, lists and tuples (anything else: "<Type>")."""
+    """Rebuild `value` from plain str/int/float/bool/None, dicts, lists, tuples (anything else: "<Type>")."""
     if value is None or type(value) in (str, int, float, bool):
         return value
     for base in (str, bool, int, float):
@@ -260,7 +266,8 @@ def _plain(value: Any) -> Any:
 
 def _plain_message(message: Message) -> dict[str, Any]:
     if not isinstance(message, Mapping):
-        raise PromptError(f"a chat message must be a dict with 'role' and 'content', got {type(message).__name__}")
+        raise PromptError("a chat message must be a dict with 'role' and 'content', "
+                          f"got {type(message).__name__}")
     return {k: _plain(v) for k, v in message.items() if v is not None}   # like transformers: None = absent
 
 
@@ -269,7 +276,8 @@ def _alias_reasoning(chat: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for m in chat:
         reasoning = next((m[k] for k in _REASONING_FIELDS if m.get(k) is not None), None)
-        out.append({"thinking": reasoning, **m, "reasoning_content": reasoning} if reasoning is not None else m)
+        aliased = {"thinking": reasoning, **m, "reasoning_content": reasoning}
+        out.append(aliased if reasoning is not None else m)
     return out
 
 

@@ -2,8 +2,8 @@
 
 llguidance (the grammar engine llama.cpp and onnxruntime-genai use; a Rust wheel with no Python dependencies)
 computes, at each step, the set of token ids that keep the output a valid prefix of the grammar, as a bitmask
-over the vocabulary; disallowed logits become -inf before the sampler runs, so greedy and sampled decoding both
-stay inside the grammar, and once the grammar is complete only the model's end-of-turn ids remain. It is
+over the vocabulary; disallowed logits become -inf before the sampler runs, so greedy and sampled decoding
+both stay inside the grammar, and once the grammar is complete only the model's end-of-turn ids remain. It is
 optional: `pip install llguidance` (imported only when a constraint is asked for). This module does not sample
 or run the model; generate.py calls mask() before sampling and advance() after.
 """

@@ -9,8 +9,8 @@ messages without assistant turns give exactly the template's ids (tested); an as
 markers the model itself writes (`<|endofturn|>`, or its call block), as control ids.
 Other models (SmolLM2) are rendered by their own template (chat_template.py), untouched.
 
-`system` everywhere takes DEFAULT (the model's default system prompt), a str (that prompt), or None / ""
-(no system prompt: an empty system block for HyperCLOVAX, as its documentation gives it; no message otherwise).
+`system` everywhere takes DEFAULT (the model's default system prompt), a str (that prompt), or None / "" (no
+system prompt: an empty system block for HyperCLOVAX, as its documentation gives it; no message otherwise).
 Message text is always encoded as plain text: a user typing `<|im_end|>` never makes a control id.
 """
 
@@ -73,14 +73,15 @@ class ChatFormat:
 
     def opening(self, system: SystemPrompt = DEFAULT, tools: Sequence[Tool] = (),
                 today: dt.date | None = None) -> list[dict[str, Any]]:
-        """The messages before the first turn: HyperCLOVAX's tool_list + system blocks, else a system message."""
+        """The messages before the first turn: HyperCLOVAX's tool_list + system blocks, else a system one."""
         text = self.system_text(system, today)
         if tools and not self.hyperclovax:
             raise ToolCallError("this model's chat format has no tool protocol (only HyperCLOVAX's has); "
                                 "call it without tools")
         if not self.hyperclovax:
             return [{"role": "system", "content": text}] if text else []
-        return [{"role": "tool_list", "content": tool_list_content(tools)}, {"role": "system", "content": text or ""}]
+        return [{"role": "tool_list", "content": tool_list_content(tools)},
+                {"role": "system", "content": text or ""}]
 
     def prepare(self, messages: Sequence[Mapping[str, Any]], system: SystemPrompt = DEFAULT,
                 tools: Sequence[Tool] = (), today: dt.date | None = None) -> list[dict[str, Any]]:
@@ -91,20 +92,24 @@ class ChatFormat:
         if "system" in roles and system is not DEFAULT:
             raise PromptError("the messages have a system message and system= was given too: give it once")
         if "tool_list" in roles and tools:
-            raise PromptError("the messages have a tool_list message and tools= was given too: give them once")
+            raise PromptError("the messages have a tool_list message and tools= was given too: "
+                              "give them once")
         head = [m for m in self.opening(system, tools, today) if m["role"] not in roles]
         return head + messages
 
-    def encode(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
+    def encode(self, messages: Sequence[Mapping[str, Any]], *,
+               add_generation_prompt: bool = True) -> list[int]:
         """Prompt ids of the messages (HyperCLOVAX: block by block; others: their template, safely)."""
         if not self.hyperclovax:
             return encode_chat(self.template, self.tokenizer, list(messages),
                                add_generation_prompt=add_generation_prompt)
         return [i for piece in self._pieces(messages, add_generation_prompt) for i in self._piece_ids(piece)]
 
-    def render_text(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> str:
+    def render_text(self, messages: Sequence[Mapping[str, Any]], *,
+                    add_generation_prompt: bool = True) -> str:
         """The same prompt as one string (control tokens written out): what golden tests compare."""
-        return "".join(p if isinstance(p, str) else p[0] for p in self._pieces(messages, add_generation_prompt))
+        pieces = self._pieces(messages, add_generation_prompt)
+        return "".join(p if isinstance(p, str) else p[0] for p in pieces)
 
     def _piece_ids(self, piece: str | tuple[str]) -> list[int]:
         if isinstance(piece, tuple):
@@ -127,7 +132,8 @@ class ChatFormat:
             out += [start, f"{m['role']}\n{content}", end]
             calls = m.get("tool_calls") if m["role"] == "assistant" else None
             if calls:               # the model's call block follows its text; <|stop|> = waiting for results
-                out += ["\n", start, f"{CALL_HEADER}\n{m.get('tool_call_text') or call_block(calls)}", end, stop]
+                call = m.get("tool_call_text") or call_block(calls)
+                out += ["\n", start, f"{CALL_HEADER}\n{call}", end, stop]
             elif m["role"] == "assistant" and m.get("final", True):
                 out.append(eot)     # a finished turn, kept as the model ends it
             out.append("\n")

@@ -1,12 +1,12 @@
 """Engine: an exported model folder, loaded — manifest, tokenizer, chat format and onnxruntime session.
 
 `Engine.load(folder)` checks the folder before any long work (manifest version, files present, tokenizer
-parses). Then `stream` / `generate` answer one prompt (a user message or a list of messages in the model's chat
-format, see conversation.py, or raw text with `chat_template=False`), and `chat()` starts a ChatSession that
-keeps the KV cache across turns. The seam a chat uses: `encode_messages`, `prepare_cache` (roll a cache back and
-make room) and `stream_ids` (prefill ids onto a cache and stream). One Engine may be used from several threads
-at once: every call owns its cache and buffers (onnxruntime allows concurrent runs of one session); a
-ChatSession is for one thread at a time.
+parses). Then `stream` / `generate` answer one prompt (a user message or a list of messages in the model's
+chat format, see conversation.py, or raw text with `chat_template=False`), and `chat()` starts a ChatSession
+that keeps the KV cache across turns. The seam a chat uses: `encode_messages`, `prepare_cache` (roll a cache
+back and make room) and `stream_ids` (prefill ids onto a cache and stream). One Engine may be used from
+several threads at once: every call owns its cache and buffers (onnxruntime allows concurrent runs of one
+session); a ChatSession is for one thread at a time.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ class Engine:
     def load(cls, folder: str | Path, *, variant: str | None = None, threads: int | None = None,
              verify_checksums: bool = False) -> "Engine":
         """Load `folder` (written by `clova-edge export`). variant: "int4", "int8" or "fp32" (default: the
-        smallest exported). verify_checksums re-hashes the weights (slow on a Pi; sizes are always checked)."""
+        smallest exported). verify_checksums re-hashes the weights (slow on a Pi; sizes are always
+        checked)."""
         manifest = load_manifest(folder)
         v = manifest.variant(variant)
         files = [v.file, *v.data_files, manifest.tokenizer_file, manifest.tokenizer_config_file]
@@ -53,9 +54,11 @@ class Engine:
             tokenizer = Tokenizer.from_file(manifest.folder / manifest.tokenizer_file)
             template = ChatTemplate.from_tokenizer_config(manifest.folder / manifest.tokenizer_config_file)
         except (OSError, ValueError) as e:
-            raise TokenizerError(f"{manifest.folder}: cannot read the tokenizer files ({e}); re-export the model") from None
+            raise TokenizerError(f"{manifest.folder}: cannot read the tokenizer files ({e}); "
+                                 "re-export the model") from None
         except TokenizerError as e:  # names the file; add what to do
-            raise TokenizerError(f"{e}; re-export the model (`clova-edge export MODEL {manifest.folder}`)") from None
+            raise TokenizerError(f"{e}; re-export the model "
+                                 f"(`clova-edge export MODEL {manifest.folder}`)") from None
         return cls(manifest, OnnxModel(manifest, v, threads=threads), tokenizer, template)
 
     def default_settings(self, **overrides: Any) -> GenerationSettings:
@@ -74,7 +77,8 @@ class Engine:
         try:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:
-            raise PromptError("the prompt holds invalid Unicode (a lone surrogate); pass valid UTF-8 text") from None
+            raise PromptError("the prompt holds invalid Unicode (a lone surrogate); "
+                              "pass valid UTF-8 text") from None
         ctx, at_least = self.model.config.context_length, size // self._max_token_bytes
         if at_least >= ctx:
             raise PromptError(f"the prompt is at least {at_least} tokens; the context is {ctx}: shorten it")
@@ -87,11 +91,12 @@ class Engine:
         return text
 
     def default_system(self, today: dt.date | None = None) -> str | None:
-        """The model's default system prompt with today's date (HyperCLOVAX's card), or None if it has none."""
+        """The model's default system prompt with today's date (HyperCLOVAX's card), or None."""
         return self.format.default_system(today)
 
-    def encode(self, prompt: str | Messages, *, system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None,
-               chat_template: bool = True, allow_special: bool = False) -> list[int]:
+    def encode(self, prompt: str | Messages, *, system: SystemPrompt = DEFAULT,
+               tools: Sequence[Tool] | None = None, chat_template: bool = True,
+               allow_special: bool = False) -> list[int]:
         """Prompt ids. A str is one user message (chat_template=True) or raw text; a list is the messages.
         The model's opening blocks are added (HyperCLOVAX: tool_list and system; see conversation.py);
         system: DEFAULT (the model's own), a str, or None (none). Special-token text typed by a user stays
@@ -102,7 +107,8 @@ class Engine:
                 return self.tokenizer.encode(prompt, allow_special=allow_special)
             prompt = [{"role": "user", "content": prompt}]
         if not isinstance(prompt, (list, tuple)) or not all(isinstance(m, dict) for m in prompt):
-            raise PromptError(f"the prompt must be a str or a list of message dicts, got {type(prompt).__name__}")
+            raise PromptError("the prompt must be a str or a list of message dicts, "
+                              f"got {type(prompt).__name__}")
         return self.encode_messages(self.format.prepare(prompt, system, normalize_tools(tools)))
 
     def encode_messages(self, messages: Messages, *, add_generation_prompt: bool = True) -> list[int]:
@@ -113,7 +119,8 @@ class Engine:
 
     def prepare_cache(self, cache: KVCache | None, *, keep: int, room: int) -> KVCache:
         """`cache` rolled back to its first `keep` positions (rows are positional, so that is its length) with
-        room for `room` more, up to the context; a new cache if None. May return a bigger copy: use the result."""
+        room for `room` more, up to the context; a new cache if None. May return a bigger copy: use the
+        result."""
         ctx = self.model.config.context_length
         if cache is None:
             return self.model.new_cache(min(ctx, keep + room))
@@ -143,15 +150,17 @@ class Engine:
         tokens and strings. tools=True: the turn runs on past <|im_end|> into a call block (not shown)."""
         ctx = self.model.config.context_length
         if cache.length + len(ids) >= ctx:
-            raise PromptError(f"the prompt is {cache.length + len(ids)} tokens; the context is {ctx}: shorten it")
+            raise PromptError(f"the prompt is {cache.length + len(ids)} tokens; the context is {ctx}: "
+                              "shorten it")
         return stream(self.model, self.tokenizer, cache, ids, settings,
                       stop_ids=self.format.turn_stop_ids(self.manifest.stop_token_ids, tools),
                       stop_strings=self.manifest.stop_strings, history=history,
                       mute_after=self.format.mute_after(tools), constraint=constraint)
 
     def stream(self, prompt: str | Messages, settings: GenerationSettings | None = None, *,
-               system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None, chat_template: bool = True,
-               allow_special: bool = False, json_schema: Any = None, regex: str | None = None) -> Iterator[Event]:
+               system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None,
+               chat_template: bool = True, allow_special: bool = False, json_schema: Any = None,
+               regex: str | None = None) -> Iterator[Event]:
         """Stream the answer to one prompt as Events (text deltas, then a final event with stats; with tools,
         the final event of an answer that calls tools carries them, finish_reason "tool_calls").
         json_schema / regex: every token is constrained so the answer is that (needs llguidance)."""
@@ -187,7 +196,8 @@ def _check_sizes(manifest: Manifest, names: list[str]) -> None:
     for name in names:
         path = manifest.folder / name
         if not path.is_file():
-            raise ManifestError(f"{path}: missing; re-export the model (`clova-edge export MODEL {manifest.folder}`)")
+            raise ManifestError(f"{path}: missing; re-export the model "
+                                f"(`clova-edge export MODEL {manifest.folder}`)")
         want = (recorded.get(name) or {}).get("bytes")
         if want is not None and path.stat().st_size != want:
             raise ManifestError(f"{path}: {path.stat().st_size} bytes, manifest.json records {want} "

@@ -1,9 +1,9 @@
 """Generation in three layers: token ids -> streamed text events with stats -> one string.
 
-`generate_tokens` prefills the new prompt tokens in one session run and then decodes one token per run, sampling
-each with the request's sampler; it knows nothing of text. `stream` turns those ids into text events (incremental
-UTF-8; stop strings matched as transformers does and never shown, see stops.py) with timing stats. `generate`
-joins the text. Chat turns (chat.py) call `stream` with the cache they keep across turns.
+`generate_tokens` prefills the new prompt tokens in one session run and then decodes one token per run,
+sampling each with the request's sampler; it knows nothing of text. `stream` turns those ids into text events
+(incremental UTF-8; stop strings matched as transformers does and never shown, see stops.py) with timing
+stats. `generate` joins the text. Chat turns (chat.py) call `stream` with the cache they keep across turns.
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], set
     if not prompt_ids:
         raise PromptError("the prompt is empty: give at least one token")
     if cache.length + len(prompt_ids) > cache.capacity:
-        raise PromptError(f"prompt of {len(prompt_ids)} tokens (+{cache.length} in the cache) does not fit the "
-                          f"cache of {cache.capacity}; the context is {model.config.context_length} tokens")
+        raise PromptError(f"prompt of {len(prompt_ids)} tokens (+{cache.length} in the cache) does not fit "
+                          f"the cache of {cache.capacity}; the context is "
+                          f"{model.config.context_length} tokens")
     sample = make_sampler(settings)
-    seen = PenaltyState(model.config.vocab_size, [*history, *prompt_ids])  # HF's penalty covers the whole input
+    # HF's repetition penalty covers the whole input
+    seen = PenaltyState(model.config.vocab_size, [*history, *prompt_ids])
     stop = frozenset(stop_ids)
     logits = model.prefill(cache, np.asarray(prompt_ids, np.int64))
     for i in range(settings.max_new_tokens):
@@ -78,7 +80,8 @@ def stream(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: l
     stop_set = frozenset(stop_ids)
     # transformers matches stop strings on the whole sequence's token bytes, the prompt's tail included
     history = list(history)
-    visible = StopText(tokenizer, (*stop_strings, *settings.stop), [*history, *prompt_ids], mute_after=mute_after)
+    visible = StopText(tokenizer, (*stop_strings, *settings.stop), [*history, *prompt_ids],
+                       mute_after=mute_after)
     n, reason, cut_by_string = 0, "length", False
     t0 = time.perf_counter()
     t_first = ttft = prefill_tps = 0.0
@@ -102,12 +105,15 @@ def stream(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: l
         if cut_by_string:
             reason = "stop"
             break
-    # What was held back (a possible stop string prefix, incomplete UTF-8) is shown unless a stop string cut it.
+    # What was held back (a possible stop string prefix, incomplete UTF-8) is shown unless a stop string
+    # cut it.
     yield event("" if cut_by_string else visible.finish(), None, reason)
 
 
 def generate(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: list[int],
-             settings: GenerationSettings, *, stop_ids: Iterable[int] = (), stop_strings: Iterable[str] = ()) -> str:
+             settings: GenerationSettings, *, stop_ids: Iterable[int] = (),
+             stop_strings: Iterable[str] = ()) -> str:
     """The whole answer as one string."""
-    events = stream(model, tokenizer, cache, prompt_ids, settings, stop_ids=stop_ids, stop_strings=stop_strings)
+    events = stream(model, tokenizer, cache, prompt_ids, settings, stop_ids=stop_ids,
+                    stop_strings=stop_strings)
     return "".join(e.text for e in events)

@@ -22,15 +22,16 @@ class GenerationSettings:
     max_new_tokens      tokens to generate at most (>= 1); the loop also stops at the context limit.
     temperature         0.0 = greedy (argmax); > 0 divides the logits before sampling.
     top_k               keep the k most likely tokens (0 = off).
-    top_p               nucleus: keep the smallest set of most likely tokens whose mass reaches top_p (1.0 = off).
+    top_p               nucleus: keep the smallest set of most likely tokens whose mass reaches top_p
+                        (1.0 = off).
     min_p               drop tokens whose probability is below min_p times the top token's (0.0 = off).
     repetition_penalty  1.0 = off. Hugging Face semantics (RepetitionPenaltyLogitsProcessor), which the
                         model card's recommended 1.2 was tuned with: every DISTINCT token id that occurs
                         anywhere in the sequence so far - the prompt included, not just a recent window
-                        (mlx-lm uses the last 20 tokens instead) - is penalised exactly once, however often it
-                        occurs: a negative logit is multiplied by the penalty, a positive (or zero) one divided
-                        by it. It is applied first, before temperature, top_k, top_p and min_p (HF's order),
-                        and also in greedy decoding.
+                        (mlx-lm uses the last 20 tokens instead) - is penalised exactly once, however often
+                        it occurs: a negative logit is multiplied by the penalty, a positive (or zero) one
+                        divided by it. It is applied first, before temperature, top_k, top_p and min_p
+                        (HF's order), and also in greedy decoding.
     seed                seeds the sampler's np.random.Generator (None = fresh entropy); same seed, same ids.
     stop                extra stop strings, on top of the model's own stop tokens and strings.
     """
@@ -68,7 +69,8 @@ class GenerationSettings:
     @classmethod
     def from_defaults(cls, manifest_generation: Mapping[str, Any] | None, /,
                       **overrides: Any) -> "GenerationSettings":
-        """Settings from the manifest's generation defaults (e.g. {"repetition_penalty": 1.2}), then overrides.
+        """Settings from the manifest's generation defaults (e.g. {"repetition_penalty": 1.2}), then
+        overrides.
 
         Keys of the manifest that are not fields here are ignored (the manifest may carry more); an override
         whose value is None keeps the default (so CLI options can pass None for "not given"); an unknown

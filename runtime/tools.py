@@ -57,7 +57,8 @@ def normalize_tools(tools: Sequence[Tool] | None) -> tuple[dict[str, Any], ...]:
         params = spec.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(params, Mapping):
             raise ToolCallError(f"tools[{i}] ({name}): parameters must be a JSON schema object")
-        out.append({"name": name, "description": str(spec.get("description", "")), "parameters": dict(params)})
+        out.append({"name": name, "description": str(spec.get("description", "")),
+                    "parameters": dict(params)})
     return tuple(out)
 
 
@@ -91,7 +92,8 @@ def parse_tool_calls(text: str) -> tuple[ToolCall, ...]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ToolCallError(f"the model's tool call is not valid JSON ({e.msg} at {e.pos}): {text[:80]!r}") from None
+        raise ToolCallError(f"the model's tool call is not valid JSON ({e.msg} at {e.pos}): "
+                            f"{text[:80]!r}") from None
     calls = []
     for obj in data if isinstance(data, list) else [data]:
         if not isinstance(obj, Mapping) or not isinstance(obj.get("name"), str):
@@ -101,9 +103,11 @@ def parse_tool_calls(text: str) -> tuple[ToolCall, ...]:
             try:
                 args = json.loads(args) if args.strip() else {}
             except json.JSONDecodeError:
-                raise ToolCallError(f"tool call {obj['name']}: arguments are not JSON: {args[:80]!r}") from None
+                raise ToolCallError(f"tool call {obj['name']}: arguments are not JSON: "
+                                    f"{args[:80]!r}") from None
         if not isinstance(args, Mapping):
-            raise ToolCallError(f"tool call {obj['name']}: arguments must be an object, got {json.dumps(args)[:80]}")
+            raise ToolCallError(f"tool call {obj['name']}: arguments must be an object, "
+                                f"got {json.dumps(args)[:80]}")
         calls.append(ToolCall(obj["name"], dict(args)))
     if not calls:
         raise ToolCallError("the model's tool call block is an empty list")

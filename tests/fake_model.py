@@ -40,7 +40,8 @@ class _Variant:
 
 
 class ScriptedModel:
-    def __init__(self, replies: list[list[int]], vocab_size: int, context_length: int = 4096, filler: int = 0):
+    def __init__(self, replies: list[list[int]], vocab_size: int, context_length: int = 4096,
+                 filler: int = 0):
         self.replies, self.filler = list(replies), filler
         self.config = _Config(vocab_size, context_length)
         self.variant, self.threads = _Variant("scripted"), 1     # what the CLI's banner names

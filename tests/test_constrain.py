@@ -21,8 +21,8 @@ st = hypothesis.strategies
 
 PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                            "age": {"type": "integer", "minimum": 0, "maximum": 150},
-                                           "likes": {"type": "array", "items": {"enum": ["tea", "coffee", "김치"]},
-                                                     "maxItems": 3}},
+                                           "likes": {"type": "array", "maxItems": 3,
+                                                     "items": {"enum": ["tea", "coffee", "김치"]}}},
           "required": ["name", "age", "likes"], "additionalProperties": False}
 
 
@@ -40,7 +40,7 @@ def _answer(engine, prompt, schema, settings):
 def test_random_weights_sampled_still_give_valid_json(tiny, seed):
     settings = GenerationSettings(max_new_tokens=120, temperature=1.0, seed=seed)
     text, last = _answer(tiny, "사람 한 명을 JSON으로", PERSON, settings)
-    assert last.finish_reason == "stop", text          # the grammar closed, then only end-of-turn ids were left
+    assert last.finish_reason == "stop", text    # the grammar closed, then only end-of-turn ids were left
     jsonschema.validate(json.loads(text), PERSON)
 
 

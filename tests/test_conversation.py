@@ -1,5 +1,5 @@
-"""HyperCLOVAX's block format on every path: golden prompt strings (tests/data/hcx_blocks_golden.json, written by
-hand from the card and the family's documentation), the template's own ids for plain chats, the default /
+"""HyperCLOVAX's block format on every path: golden prompt strings (tests/data/hcx_blocks_golden.json, written
+by hand from the card and the family's documentation), the template's own ids for plain chats, the default /
 overridden / removed system prompt, and SmolLM2 left to its own template."""
 
 import datetime as dt
@@ -19,7 +19,8 @@ from fake_model import scripted_engine
 from tokenizer_files import runtime_tokenizer
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "hcx_blocks_golden.json").read_text(encoding="utf-8"))
-TEMPLATES = json.loads((Path(__file__).parent / "data" / "chat_template_golden.json").read_text(encoding="utf-8"))
+TEMPLATES = json.loads((Path(__file__).parent / "data" / "chat_template_golden.json")
+                       .read_text(encoding="utf-8"))
 CARD_DAY = dt.date(2025, 4, 24)
 ONE = GenerationSettings(max_new_tokens=2)
 
@@ -133,10 +134,11 @@ def test_cli_generate_and_pipe_send_the_blocks(tiny_model_dir, tiny):
     assert want > len(encode_chat(tiny.template, tiny.tokenizer, [{"role": "user", "content": "안녕"}]))
     for args, stdin in ((["generate", "안녕", "-m", str(tiny_model_dir)], ""),
                         (["chat", str(tiny_model_dir)], "안녕\n")):
-        out = subprocess.run([cli, *args, "--json", "--max-new-tokens", "1"], input=stdin, capture_output=True,
-                             text=True, timeout=300)
+        out = subprocess.run([cli, *args, "--json", "--max-new-tokens", "1"], input=stdin,
+                             capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["prompt_tokens"] == want
-    out = subprocess.run([cli, "generate", "안녕", "-m", str(tiny_model_dir), "--json", "--max-new-tokens", "1",
-                          "--system", ""], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([cli, "generate", "안녕", "-m", str(tiny_model_dir), "--json",
+                          "--max-new-tokens", "1", "--system", ""],
+                         capture_output=True, text=True, timeout=300)
     assert json.loads(out.stdout)["prompt_tokens"] == len(tiny.encode("안녕", system=None))

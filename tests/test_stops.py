@@ -66,13 +66,13 @@ def test_no_stop_strings_show_everything(tok):
     assert "".join(text.add(t)[0] for t in ids) + text.finish() == tok.decode(ids)
 
 
-# ---- the same answer as transformers on scripted sequences --------------------------------------------------
+# ---- the same answer as transformers on scripted sequences -------------------------------------------------
 
 STOP_SETS = [(END, STOP), ("\nUser:", "stop"), ("안녕", "END"), ("<|", "|>\n")]
 
 
 def _pool(tok, stops):
-    """Ids that make stop strings likely: whole, split, byte by byte, with overhangs, plus specials and noise."""
+    """Ids that make stop strings likely: whole, split, byte by byte, with overhangs; specials; noise."""
     by_bytes = {}
     for i in range(tok.vocab_size):
         b = tok.token_bytes(i)

@@ -74,11 +74,13 @@ def test_results_are_wrapped_as_the_protocol_says():
 
 def _session(engine):
     case = next(c for c in GOLDEN["cases"] if c["name"] == "tool_round_trip")
-    return ChatSession(engine, tools=TOOLS, settings=SETTINGS, today=dt.date.fromisoformat(case["today"])), case
+    today = dt.date.fromisoformat(case["today"])
+    return ChatSession(engine, tools=TOOLS, settings=SETTINGS, today=today), case
 
 
 def test_round_trip_pauses_at_stop_resumes_with_the_result_and_keeps_the_cache(tiny_model_dir):
-    engine = scripted_engine(tiny_model_dir, ["확인해 볼게요." + CALL, "서울은 21도, 맑아요.<|im_end|><|endofturn|>"])
+    engine = scripted_engine(tiny_model_dir,
+                             ["확인해 볼게요." + CALL, "서울은 21도, 맑아요.<|im_end|><|endofturn|>"])
     chat, case = _session(engine)
     events = list(chat.send("서울 날씨 어때?"))
     assert "".join(e.text for e in events) == "확인해 볼게요."          # the call block is never shown
@@ -114,7 +116,8 @@ def test_one_shot_stream_with_tools_and_list_form_calls(tiny_model_dir):
                         '[{"name": "get_weather", "arguments": {"location": "서울"}}, {"name": "now"}]')
     engine = scripted_engine(tiny_model_dir, [call])
     events = list(engine.stream("서울 날씨?", SETTINGS, tools=TOOLS))
-    assert events[-1].tool_calls == (WEATHER, ToolCall("now", {})) and events[-1].finish_reason == "tool_calls"
+    assert events[-1].tool_calls == (WEATHER, ToolCall("now", {}))
+    assert events[-1].finish_reason == "tool_calls"
     assert "".join(e.text for e in events) == ""
 
 
