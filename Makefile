@@ -33,7 +33,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(VPY) -m pytest -q -m slow
 
-# Benchmarks (issue 6): installs the peers itself (benchmarks/.peers/: llama.cpp built from the llama-cpp-python
+# Benchmarks: installs the peers itself (benchmarks/.peers/: llama.cpp built from the llama-cpp-python
 # sdist, onnxruntime-genai, optimum-onnx), builds the test models, runs every runtime -> benchmarks/results/.
 bench: $(STAMP)
 	$(VPY) -m clova_edge.benchmarks.bench
@@ -46,6 +46,10 @@ bench-smoke: $(STAMP)
 # installs the runtime as the README's Raspberry Pi section says, runs it, compares greedy tokens with x86.
 test-arm: $(STAMP)
 	arm/test-arm.sh
+
+# ruff as configured in pyproject.toml: ruff's default rules, lines of at most 110, no print() in runtime/.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf .cache build *.egg-info

@@ -2,17 +2,18 @@
 
 Used by arm/test-arm.sh to show that the arm64 (qemu) answer equals the x86 answer on the same exported model:
 
-  python arm/greedy_check.py dump MODEL_DIR OUT.npz [--variant int4] [--file GRAPH.onnx] [--steps 16] [--ids 1,2]
+  python arm/greedy_check.py dump MODEL_DIR OUT.npz [--variant int4] [--file GRAPH.onnx] [--steps 16]
+                                [--ids 1,2]
   python arm/greedy_check.py compare X86.npz ARM.npz [--rtol 1e-5] [--report]
   python arm/greedy_check.py noise REF.npz X86.npz ARM.npz [--factor 2]
 
-`dump` follows runtime/manifest.py's graph contract (one graph for prefill and decode, in-place KV buffers bound
-with IOBinding) and needs only numpy, onnxruntime and clova_edge.runtime; --file runs another graph of the
-folder (e.g. the INT4 graph with MatMulNBits accuracy_level 0). One thread, so both sides reduce in the same
-order.
+`dump` follows runtime/manifest.py's graph contract (one graph for prefill and decode, in-place KV buffers
+bound with IOBinding) and needs only numpy, onnxruntime and clova_edge.runtime; --file runs another graph of
+the folder (e.g. the INT4 graph with MatMulNBits accuracy_level 0). One thread, so both sides reduce in the
+same order.
 `compare` exits 1 unless the token ids are identical and the first-step logits agree within rtol x max|logit|.
-`noise` compares two runs' first-step logits with a reference (the same INT4 weights computed in fp32): it exits 1
-unless ARM's rms deviation is at most `factor` x x86's (+1e-4) - both computing with int8 activations
+`noise` compares two runs' first-step logits with a reference (the same INT4 weights computed in fp32): it
+exits 1 unless ARM's rms deviation is at most `factor` x x86's (+1e-4) - both computing with int8 activations
 (accuracy_level 4) deviate from the reference, each with its own rounding.
 """
 
@@ -27,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from clova_edge.runtime.manifest import (INPUT_IDS, LOGITS, LOGITS_INDEX, SEQLENS_K, TOTAL_SEQ_LEN, load_manifest,
+from clova_edge.runtime.manifest import (INPUT_IDS, LOGITS, LOGITS_INDEX, SEQLENS_K, TOTAL_SEQ_LEN,
+                                         load_manifest,
                                          past_names, present_names)
 
 DEFAULT_IDS = (1, 17, 42, 99, 123, 7, 256, 300)
@@ -48,7 +50,8 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def greedy(model_dir: Path, variant: str | None, prompt_ids: list[int], steps: int,
            graph_file: str | None = None) -> GreedyRun:
-    """Prefill prompt_ids in one call, then decode `steps - 1` tokens one per call, always taking the argmax."""
+    """Prefill prompt_ids in one call, then decode `steps - 1` tokens one per call, always taking the
+    argmax."""
     manifest = load_manifest(model_dir)
     cfg = manifest.config
     session = _session(model_dir / (graph_file or manifest.variant(variant).file))
@@ -56,9 +59,11 @@ def greedy(model_dir: Path, variant: str | None, prompt_ids: list[int], steps: i
     shape = (1, cfg.num_key_value_heads, capacity, cfg.head_dim)
     # the cache's element type is the graph's (INT4 exports keep an int8 cache), read from the session itself
     past_type = {i.name: i.type for i in session.get_inputs()}[past_names(cfg.num_hidden_layers)[0][0]]
-    kv_dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}[past_type]
+    kv_dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+                "tensor(int8)": np.int8}[past_type]
     caches = [(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, kv_dtype)),
-               ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, kv_dtype))) for _ in range(cfg.num_hidden_layers)]
+               ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, kv_dtype)))
+              for _ in range(cfg.num_hidden_layers)]
     ids, rows, new, length = [], [], list(prompt_ids), 0
     for _ in range(steps):
         length += len(new)
@@ -87,7 +92,8 @@ def dump(args: argparse.Namespace) -> int:
     prompt = [int(t) for t in args.ids.split(",")] if args.ids else list(DEFAULT_IDS)
     run = greedy(Path(args.model), args.variant, prompt, args.steps, args.file)
     np.savez(args.out, ids=run.ids, logits=run.logits, prompt=np.array(prompt, np.int64),
-             machine=np.array(platform.machine()), ort=np.array(ort.__version__), numpy=np.array(np.__version__))
+             machine=np.array(platform.machine()), ort=np.array(ort.__version__),
+             numpy=np.array(np.__version__))
     return 0
 
 
@@ -100,9 +106,11 @@ def compare(args: argparse.Namespace) -> int:
     scale = max(1.0, float(np.max(np.abs(a["logits"][0]))))
     ok = same_ids and step_err[0] <= args.rtol * scale
     sys.stdout.write(
-        f"  {a['machine']} (ort {a['ort']}) vs {b['machine']} (ort {b['ort']}), {len(a['ids'])} greedy steps\n"
+        f"  {a['machine']} (ort {a['ort']}) vs {b['machine']} (ort {b['ort']}), "
+        f"{len(a['ids'])} greedy steps\n"
         f"    ids {a['machine']}: {a['ids'].tolist()}\n    ids {b['machine']}: {b['ids'].tolist()}\n"
-        f"    tokens identical: {same_ids}; first-step logits max |diff| {step_err[0]:.3g} (max |logit| {scale:.3g}, "
+        f"    tokens identical: {same_ids}; first-step logits max |diff| {step_err[0]:.3g} "
+        f"(max |logit| {scale:.3g}, "
         f"tolerance {args.rtol:g} x that = {args.rtol * scale:.3g}); all steps {max(step_err):.3g}; "
         f"bit-identical steps {bit_equal}/{n}: {'(reported)' if args.report else 'PASS' if ok else 'FAIL'}\n")
     return 0 if ok or args.report else 1

@@ -23,8 +23,7 @@ from clova_edge.runtime.settings import GenerationSettings
 
 def peak_rss_mb() -> float:
     """Peak RSS of this process in MiB: VmHWM (not ru_maxrss, which Linux carries over fork + exec from a
-    parent;
-    see benchmarks/protocol.py)."""
+    parent; see benchmarks/protocol.py)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:

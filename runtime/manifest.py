@@ -130,7 +130,8 @@ def load_manifest(folder: str | Path) -> Manifest:
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
-        raise ManifestError(f"{folder}: no such model folder; run `make export` or `clova-edge export MODEL {folder}`")
+        raise ManifestError(f"{folder}: no such model folder; run `make export` or "
+                            f"`clova-edge export MODEL {folder}`")
     if not path.is_file():
         raise ManifestError(f"{path}: not found; this is not an exported clova-edge model folder "
                             f"(run `clova-edge export MODEL {folder}`)")
@@ -169,7 +170,8 @@ def load_manifest(folder: str | Path) -> Manifest:
     except ManifestError as e:
         if str(path) in str(e):
             raise
-        raise ManifestError(f"{path}: {e}; re-export the model (`clova-edge export MODEL {folder}`)") from None
+        raise ManifestError(f"{path}: {e}; re-export the model (`clova-edge export MODEL {folder}`)") \
+            from None
     except (TypeError, ValueError, AttributeError) as e:
         raise ManifestError(f"{path}: malformed ({type(e).__name__}: {e}); re-export the model") from None
 
@@ -188,10 +190,11 @@ def verify_files(manifest: Manifest, names: list[str] | None = None) -> None:
             raise ManifestError(f"{path}: size {path.stat().st_size} != {entry.get('bytes')} recorded in "
                                 f"manifest.json (truncated or replaced); re-export the model")
         if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
-            raise ManifestError(f"{path}: checksum does not match manifest.json (corrupted); re-export the model")
+            raise ManifestError(f"{path}: checksum does not match manifest.json (corrupted); "
+                                "re-export the model")
 
 
-# -- writing: the exporter and the quantizer build a manifest only through these ---------------------------------
+# -- writing: the exporter and the quantizer build a manifest only through these -----------------------------
 def file_entry(path: Path) -> dict[str, Any]:
     """The manifest's record of one file: size and sha256."""
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
@@ -199,7 +202,8 @@ def file_entry(path: Path) -> dict[str, Any]:
 
 def files_section(folder: Path) -> dict[str, dict[str, Any]]:
     """file_entry of every regular file in folder but the manifest itself."""
-    return {p.name: file_entry(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_NAME}
+    return {p.name: file_entry(p) for p in sorted(folder.iterdir())
+            if p.is_file() and p.name != MANIFEST_NAME}
 
 
 def variant_entry(*, file: str, data_files: list[str], kv_dtype: str, size_bytes: int,
@@ -212,7 +216,8 @@ def variant_entry(*, file: str, data_files: list[str], kv_dtype: str, size_bytes
 
 
 def read_raw(folder: Path) -> dict[str, Any]:
-    """manifest.json as a dict, to be changed and written back with write_manifest (load_manifest validates)."""
+    """manifest.json as a dict, to be changed and written back with write_manifest (load_manifest
+    validates)."""
     return json.loads((Path(folder) / MANIFEST_NAME).read_text(encoding="utf-8"))
 
 
@@ -232,5 +237,6 @@ def write_manifest(folder: Path, raw: dict[str, Any]) -> None:
 
 def kv_cache_bytes(config: ModelConfig, kv_dtype: str, tokens: int) -> int:
     """Bytes of the K and V caches of `tokens` positions."""
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * KV_DTYPE_BYTES[kv_dtype] \
-        * tokens
+    return (2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+            * KV_DTYPE_BYTES[kv_dtype]
+            * tokens)

@@ -1,13 +1,14 @@
 """One exported graph in an onnxruntime session, and the KV cache it writes in place.
 
-What it does: creates the session (threads, optimised-graph cache), owns the preallocated KV buffers and runs one
-step of the graph — a prefill of S tokens or a decode of one — returning logits. What it does not: tokenize,
-sample or decide when to stop (generate.py does).
+What it does: creates the session (threads, optimised-graph cache), owns the preallocated KV buffers and runs
+one step of the graph — a prefill of S tokens or a decode of one — returning logits. What it does not:
+tokenize, sample or decide when to stop (generate.py does).
 
-The KV cache is one OrtValue per layer for keys and one for values, shape (batch=1, num_key_value_heads, capacity,
-head_dim), bound through IOBinding as both the past input and the present output of GroupQueryAttention, so
-onnxruntime writes the new rows in place (rows past `length` are never read). The buffers are allocated once for what
-a request needs and only grow (geometrically, copying the rows in use) when a chat outgrows them.
+The KV cache is one OrtValue per layer for keys and one for values, shape (batch=1, num_key_value_heads,
+capacity, head_dim), bound through IOBinding as both the past input and the present output of
+GroupQueryAttention, so onnxruntime writes the new rows in place (rows past `length` are never read). The
+buffers are allocated once for what a request needs and only grow (geometrically, copying the rows in use)
+when a chat outgrows them.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ PREFILL_CHUNK = 512  # prompt tokens per session run (bounds attention's score b
 
 @dataclass
 class KVCache:
-    """The caller-owned state of one sequence: per-layer K and V buffers, how many positions hold tokens, and the
-    small fixed decode inputs/logits buffer. Each generation owns its cache, so one OnnxModel can serve several
-    threads at once (onnxruntime allows concurrent runs of one session)."""
+    """The caller-owned state of one sequence: per-layer K and V buffers, how many positions hold tokens, and
+    the small fixed decode inputs/logits buffer. Each generation owns its cache, so one OnnxModel can serve
+    several threads at once (onnxruntime allows concurrent runs of one session)."""
 
     arrays: list[np.ndarray]     # 2 per layer, K then V: (1, num_key_value_heads, capacity, head_dim)
     capacity: int
@@ -42,8 +43,8 @@ class KVCache:
     length: int = 0
     io: ort.IOBinding | None = field(default=None, repr=False)  # decode binding, built on first decode
     ortvalues: list[ort.OrtValue] = field(default_factory=list, repr=False)
-    # Decode inputs live in fixed numpy arrays wrapped (not copied) by OrtValues: a decode step only writes three
-    # integers, then runs. Logits land in a preallocated buffer the caller reads without a copy.
+    # Decode inputs live in fixed numpy arrays wrapped (not copied) by OrtValues: a decode step only writes
+    # three integers, then runs. Logits land in a preallocated buffer the caller reads without a copy.
     ids: np.ndarray = field(default_factory=lambda: np.zeros((1, 1), np.int64), repr=False)
     seqlens_k: np.ndarray = field(default_factory=lambda: np.zeros((1,), np.int32), repr=False)
     total: np.ndarray = field(default_factory=lambda: np.zeros((), np.int32), repr=False)
@@ -81,7 +82,8 @@ class OnnxModel:
         path = manifest.folder / variant.file
         for name in (variant.file, *variant.data_files):
             if not (manifest.folder / name).is_file():
-                raise ManifestError(f"{manifest.folder / name}: missing (variant {variant.name}); re-export the model")
+                raise ManifestError(f"{manifest.folder / name}: missing (variant {variant.name}); "
+                                    "re-export the model")
         self.threads = threads or default_threads()
         try:
             self.session = ort.InferenceSession(str(path), _session_options(self.threads, None),
@@ -99,8 +101,8 @@ class OnnxModel:
 
     @classmethod
     def from_graph(cls, manifest: Manifest, path: Path, *, threads: int | None = None) -> "OnnxModel":
-        """A graph of this model that is not a manifest variant (yet): a quantized candidate being evaluated, a
-        float-KV copy for a cross-platform check. Its KV cache dtype is read from the graph."""
+        """A graph of this model that is not a manifest variant (yet): a quantized candidate being evaluated,
+        a float-KV copy for a cross-platform check. Its KV cache dtype is read from the graph."""
         path = Path(path).resolve()
         variant = Variant(name=path.name, file=str(path), data_files=(), kv_dtype=FROM_GRAPH, quantization={},
                           size_bytes=0)
@@ -128,7 +130,7 @@ class OnnxModel:
             raise ManifestError(f"{self.manifest.folder / self.variant.file}: graph lacks {missing[:4]} "
                                 "(not a clova-edge export of this manifest); re-export the model")
 
-    # -- cache -------------------------------------------------------------------------------------------------
+    # -- cache -----------------------------------------------------------------------------------------------
     def new_cache(self, capacity: int) -> KVCache:
         """A zeroed cache for `capacity` positions (rounded up, at most the context length)."""
         capacity = self._round_capacity(capacity)
@@ -142,7 +144,8 @@ class OnnxModel:
         return min(ctx, max(_GROW_STEP, -(-n // _GROW_STEP) * _GROW_STEP))
 
     def ensure_capacity(self, cache: KVCache, needed: int) -> KVCache:
-        """Return `cache` if it holds `needed` positions, else a larger one (x1.5 at least) with the rows copied."""
+        """Return `cache` if it holds `needed` positions, else a larger one (x1.5 at least) with the rows
+        copied."""
         if needed <= cache.capacity:
             return cache
         if needed > self.config.context_length:
@@ -153,7 +156,7 @@ class OnnxModel:
         bigger.length = cache.length
         return bigger
 
-    # -- steps ----------------------------------------------------------------------------------------------------
+    # -- steps -----------------------------------------------------------------------------------------------
     def _bind_cache(self, io: ort.IOBinding, cache: KVCache) -> None:
         kv = cache.ortvalues
         for (pk, pv), (ok, ovn), k, v in zip(self._past, self._present, kv[0::2], kv[1::2]):
@@ -163,10 +166,12 @@ class OnnxModel:
             io.bind_ortvalue_output(ovn, v)
 
     def prefill(self, cache: KVCache, ids: np.ndarray, *, all_logits: bool = False) -> np.ndarray:
-        """Run S new tokens on top of the cache. Returns logits (S, V) if all_logits else (V,) of the last token.
+        """Run S new tokens on top of the cache. Returns logits (S, V) if all_logits else (V,) of the last
+        token.
 
-        Long prompts run in chunks of PREFILL_CHUNK tokens: attention materialises heads x chunk x context scores,
-        so one 3.5K-token run would need ~0.8 GB for them alone; chunks bound that and change no result.
+        Long prompts run in chunks of PREFILL_CHUNK tokens: attention materialises heads x chunk x context
+        scores, so one 3.5K-token run would need ~0.8 GB for them alone; chunks bound that and change no
+        result.
         """
         s = int(ids.shape[0])
         assert cache.length + s <= cache.capacity, (cache.length + s, cache.capacity)
@@ -174,7 +179,8 @@ class OnnxModel:
         for i in range(0, s, PREFILL_CHUNK):
             chunk = ids[i:i + PREFILL_CHUNK]
             # all rows' logits only when asked (perplexity); mid-prompt chunks compute one row, then drop it
-            rows = np.arange(len(chunk), dtype=np.int64) if all_logits else np.array([len(chunk) - 1], np.int64)
+            rows = (np.arange(len(chunk), dtype=np.int64) if all_logits
+                    else np.array([len(chunk) - 1], np.int64))
             outs.append(self._run_chunk(cache, chunk, rows))
         return np.concatenate(outs, axis=0) if all_logits else outs[-1][-1]
 
@@ -212,7 +218,8 @@ class OnnxModel:
 
 
 def default_threads() -> int:
-    """Physical-ish core count: onnxruntime's matmuls gain nothing from SMT siblings. CLOVA_EDGE_THREADS overrides."""
+    """Physical-ish core count: onnxruntime's matmuls gain nothing from SMT siblings. CLOVA_EDGE_THREADS
+    overrides."""
     env = os.environ.get("CLOVA_EDGE_THREADS")
     if env:
         return max(1, int(env))

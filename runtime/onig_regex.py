@@ -5,7 +5,8 @@ Hugging Face tokenizer.json files carry their pre-tokenizer regexes in Oniguruma
 
 * `X{n,m}+` (also `{n}+`, `{n,}+`) is NOT possessive in Ruby syntax: it repeats the interval,
   `(?:X{n,m})+`. (`?+`, `*+`, `++` are possessive in both.) cl100k's `\p{N}{1,3}+` is the famous case.
-* `$` and `^` are line anchors in Ruby (before / after any \n); `\Z` is end or before a final \n, `\z` the end.
+* `$` and `^` are line anchors in Ruby (before / after any \n); `\Z` is end or before a final \n, `\z` the
+  end.
 * `\p{L}` and `\p{N}`: Oniguruma in `tokenizers` 0.2x uses Unicode 16 tables, `regex` may use newer ones;
   the letters and numbers Unicode 17 added are subtracted so both agree on every code point.
   (`\s`/`\S` were checked over all code points: both are Unicode White_Space.)
@@ -21,8 +22,8 @@ import re
 from .errors import TokenizerError
 
 # Code points that regex (Unicode 17) calls L / N and Oniguruma (Unicode 16) does not.
-_NEWER_LETTERS = "\u0558\u058b-\u058c\u088f\u0c5c\u0cdc\u208f\u209d-\u209f\ua7ce-\ua7cf\ua7d2\ua7d4\ua7dd\ua7e2\ua7f1\uab6c-\uab6d\U000107bb-\U000107bf\U00010940-\U00010959\U00010ec5-\U00010ec7\U00010ed9-\U00010eee\U00011b0a\U00011db0-\U00011ddb\U00011df1\U00016ea0-\U00016eb8\U00016ebb-\U00016ed3\U00016ff2-\U00016ff3\U000187f8-\U000187ff\U00018cd6-\U00018cda\U00018d09-\U00018d20\U00018d80-\U00018df2\U00018e00-\U00019191\U000191a0-\U000191d2\U0001b123-\U0001b128\U0001b168\U0001d6a6\U0001df1f-\U0001df24\U0001df2b-\U0001df81\U0001df90-\U0001df96\U0001dfcd-\U0001dfff\U0001e6c0-\U0001e6de\U0001e6e0-\U0001e6e2\U0001e6e4-\U0001e6e5\U0001e6e7-\U0001e6ed\U0001e6f0-\U0001e6f4\U0001e6fe-\U0001e6ff\U0002b73a-\U0002b73f\U0002b81e\U0002cea2-\U0002cead\U000323b0-\U00033479\U0003d000-\U0003fc3f"
-_NEWER_NUMBERS = "\U00011de0-\U00011de9\U0001246f\U00012475-\U0001247f\U00012550-\U00012686\U00016ff4-\U00016ff6"
+_NEWER_LETTERS = "\u0558\u058b-\u058c\u088f\u0c5c\u0cdc\u208f\u209d-\u209f\ua7ce-\ua7cf\ua7d2\ua7d4\ua7dd\ua7e2\ua7f1\uab6c-\uab6d\U000107bb-\U000107bf\U00010940-\U00010959\U00010ec5-\U00010ec7\U00010ed9-\U00010eee\U00011b0a\U00011db0-\U00011ddb\U00011df1\U00016ea0-\U00016eb8\U00016ebb-\U00016ed3\U00016ff2-\U00016ff3\U000187f8-\U000187ff\U00018cd6-\U00018cda\U00018d09-\U00018d20\U00018d80-\U00018df2\U00018e00-\U00019191\U000191a0-\U000191d2\U0001b123-\U0001b128\U0001b168\U0001d6a6\U0001df1f-\U0001df24\U0001df2b-\U0001df81\U0001df90-\U0001df96\U0001dfcd-\U0001dfff\U0001e6c0-\U0001e6de\U0001e6e0-\U0001e6e2\U0001e6e4-\U0001e6e5\U0001e6e7-\U0001e6ed\U0001e6f0-\U0001e6f4\U0001e6fe-\U0001e6ff\U0002b73a-\U0002b73f\U0002b81e\U0002cea2-\U0002cead\U000323b0-\U00033479\U0003d000-\U0003fc3f"  # noqa: E501 (a generated table)
+_NEWER_NUMBERS = "\U00011de0-\U00011de9\U0001246f\U00012475-\U0001247f\U00012550-\U00012686\U00016ff4-\U00016ff6"  # noqa: E501
 _PROPERTIES = {"L": _NEWER_LETTERS, "Letter": _NEWER_LETTERS, "N": _NEWER_NUMBERS, "Number": _NEWER_NUMBERS}
 _INTERVAL = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 _ANCHORS = {"$": r"(?=\n|\Z)", "^": r"(?:(?<=\n)|\A)"}
@@ -78,7 +79,8 @@ def _quantify(atoms: list[str], quantifier: str, p: str, i: int) -> int:
 
 def _group(p: str, i: int) -> tuple[str, int]:
     """A parenthesised group, header copied as is (Ruby and regex VERSION1 agree on those we meet)."""
-    m = re.compile(r"\((\?(?:[imx]*-?[imx]*:|[imx]*-?[imx]*\)|=|!|<=|<!|>|<[A-Za-z_]\w*>|P<[A-Za-z_]\w*>))?").match(p, i)
+    m = re.compile(r"\((\?(?:[imx]*-?[imx]*:|[imx]*-?[imx]*\)|=|!|<=|<!|>|<[A-Za-z_]\w*>"
+                   r"|P<[A-Za-z_]\w*>))?").match(p, i)
     header = m.group(0)
     if header.endswith(")"):  # a flag group such as (?i): applies to the rest of the enclosing group
         return header, m.end()

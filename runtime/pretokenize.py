@@ -107,7 +107,8 @@ def split_added(
 
 
 def added_matcher(tokens: Iterable[AddedToken]) -> regex.Pattern | None:
-    """One alternation of the contents, longest first: leftmost-longest, like the Aho-Corasick of `tokenizers`."""
+    """One alternation of the contents, longest first: leftmost-longest, like the Aho-Corasick of
+    `tokenizers`."""
     contents = sorted({t.content for t in tokens if t.content}, key=len, reverse=True)
     return regex.compile("|".join(regex.escape(c) for c in contents)) if contents else None
 

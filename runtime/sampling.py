@@ -27,7 +27,8 @@ Sampler = Callable[[np.ndarray, np.ndarray], int]
 # ---- pure processors: (vocab,) logits in, new (vocab,) logits out ------------------------------------------
 
 def apply_repetition_penalty(logits: np.ndarray, ids: np.ndarray, penalty: float) -> np.ndarray:
-    """Penalise every distinct id in `ids` once: negative logits * penalty, others / penalty (HF semantics)."""
+    """Penalise every distinct id in `ids` once: negative logits * penalty, others / penalty (HF
+    semantics)."""
     out = logits.copy()
     ids = np.asarray(ids, dtype=np.intp)
     if penalty != 1.0 and ids.size:
@@ -37,7 +38,8 @@ def apply_repetition_penalty(logits: np.ndarray, ids: np.ndarray, penalty: float
 
 
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """logits / temperature (temperature > 0; 0 means greedy and is the sampler's business, not this one's)."""
+    """logits / temperature (temperature > 0; 0 means greedy and is the sampler's business, not this
+    one's)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 here (0 = greedy: use argmax), got {temperature}")
     return logits / np.asarray(temperature, dtype=logits.dtype)
@@ -144,7 +146,8 @@ class PenaltyState:
 
     def update(self, ids: Iterable[int]) -> None:
         """Record many token ids (a prompt, a new chat turn)."""
-        arr = np.fromiter(ids, dtype=np.int64) if not isinstance(ids, np.ndarray) else ids.astype(np.int64).ravel()
+        arr = (np.fromiter(ids, dtype=np.int64) if not isinstance(ids, np.ndarray)
+               else ids.astype(np.int64).ravel())
         if arr.size == 0:
             return
         if arr.min() < 0 or arr.max() >= self._seen.size:

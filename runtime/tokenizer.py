@@ -86,7 +86,8 @@ def bpe(ids: list[int], merges: Merges) -> list[int]:
 
 
 def bpe_long(ids: list[int], merges: Merges) -> list[int]:
-    """bpe() in O(n log n) for long words (a run of 20k spaces): a heap of (rank, position) over a linked list."""
+    """bpe() in O(n log n) for long words (a run of 20k spaces): a heap of (rank, position) over a linked
+    list."""
     n = len(ids)
     sym, nxt, prv = list(ids), list(range(1, n + 1)), list(range(-1, n - 1))
     heap = [(m[0], i, a, b) for i, (a, b) in enumerate(zip(ids, ids[1:])) if (m := merges.get((a, b)))]
@@ -131,7 +132,8 @@ class Tokenizer:
         self._byte_ids = tuple(vocab.get(c) for c in alphabet)
         self._complete = None not in self._byte_ids
         if unk_token is not None and not self._complete:
-            raise TokenizerError(f"{source}: model.unk_token is set and some of the 256 byte tokens are missing "
+            raise TokenizerError(f"{source}: model.unk_token is set and some of the 256 byte tokens are "
+                                 "missing "
                                  "from model.vocab; unknown-token handling is not supported")
         self._merges = _merge_table(vocab, merges, source)
         self._added = {t.content: t for t in added}
@@ -190,7 +192,8 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
-        """The text of ids (invalid UTF-8 becomes U+FFFD; ids without a token are dropped, as in `tokenizers`)."""
+        """The text of ids (invalid UTF-8 becomes U+FFFD; ids without a token are dropped, as in
+        `tokenizers`)."""
         special = self._special_ids if skip_special else frozenset()
         return b"".join(self.token_bytes(i) for i in ids if i not in special).decode("utf-8", "replace")
 
@@ -226,8 +229,10 @@ def _merge_table(vocab: Mapping[str, int], merges: Sequence, source: str) -> dic
     try:
         return {(vocab[a], vocab[b]): (rank, vocab[a + b]) for rank, (a, b) in enumerate(pairs)}
     except (KeyError, ValueError) as e:
-        bad = next(r for r, m in enumerate(pairs) if len(m) != 2 or not {m[0], m[1], "".join(m)} <= vocab.keys())
-        raise TokenizerError(f"{source}: model.merges[{bad}] {merges[bad]!r} is not two tokens of model.vocab "
+        bad = next(r for r, m in enumerate(pairs)
+                   if len(m) != 2 or not {m[0], m[1], "".join(m)} <= vocab.keys())
+        raise TokenizerError(f"{source}: model.merges[{bad}] {merges[bad]!r} is not two tokens of "
+                             "model.vocab "
                              "whose concatenation is in model.vocab too") from e
 
 

@@ -33,7 +33,8 @@ def _exporter_key() -> str:
 
 def exported_test_model(name: str) -> Path:
     """Build test model `name` (export.testmodels) and export it, fp32 only; cached by exporter hash.
-    With $CLOVA_EDGE_TEST_MODELS set, use the prebuilt export there instead (arm/test-arm.sh: no torch on arm64)."""
+    With $CLOVA_EDGE_TEST_MODELS set, use the prebuilt export there instead (arm/test-arm.sh: no torch on
+    arm64)."""
     if os.environ.get("CLOVA_EDGE_TEST_MODELS"):
         return Path(os.environ["CLOVA_EDGE_TEST_MODELS"]) / name
     from clova_edge.export.pipeline import export_model

@@ -14,7 +14,8 @@ CLI = str(Path(sys.executable).with_name("clova-edge"))
 
 def run(*args, stdin="", env=None, cwd=None):
     return subprocess.run([CLI, *args], input=stdin, capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env={**{k: v for k, v in os.environ.items() if k != "CLOVA_EDGE_MODEL"}, **(env or {})})
+                          env={**{k: v for k, v in os.environ.items() if k != "CLOVA_EDGE_MODEL"},
+                               **(env or {})})
 
 
 def one_line_error(out, *words, after_progress=False):
@@ -72,14 +73,16 @@ def test_info_shows_quality_and_verification(tiny_model_dir, tmp_path):
     from test_readme import demo_like_folder
     out = run("info", str(demo_like_folder(tiny_model_dir, tmp_path / "m")))
     assert out.returncode == 0, out.stderr
-    assert "quality: perplexity 9.100 (fp32 9.000, +1.1 %), mean KL 0.010 nats, top-1 agreement 90.0 %" in out.stdout
+    assert ("quality: perplexity 9.100 (fp32 9.000, +1.1 %), mean KL 0.010 nats, top-1 agreement 90.0 %"
+            in out.stdout)
     assert "greedy steps equal" in out.stdout
 
 
 def test_unknown_variant_names_the_valid_ones(tiny_model_dir):
     for bad in ("int2", "q4"):
         one_line_error(run("chat", str(tiny_model_dir), "--variant", bad, stdin="Hi\n"), "int4, int8, fp32")
-    one_line_error(run("chat", str(tiny_model_dir), "--variant", "INT4", stdin="Hi\n"), "quantize", "--bits 4")
+    one_line_error(run("chat", str(tiny_model_dir), "--variant", "INT4", stdin="Hi\n"),
+                   "quantize", "--bits 4")
 
 
 def test_head_dim_not_a_multiple_of_16_is_refused_before_tracing(tmp_path):
@@ -113,7 +116,8 @@ def test_interactive_chat_in_a_terminal(smollm2_model_dir):
     child = pexpect.spawn(CLI, ["chat", str(smollm2_model_dir), "--max-new-tokens", "300"], encoding="utf-8",
                           timeout=180, dimensions=(40, 120))
     child.expect(">>> ")
-    assert f"clova-edge chat: {smollm2_model_dir} " in child.before   # the folder given, not the export's source
+    # the folder given, not the export's source
+    assert f"clova-edge chat: {smollm2_model_dir} " in child.before
     child.sendline("Hi! Who are you?")
     child.expect(">>> ")                                   # turn 1 answered
     child.sendline("/stats")
@@ -170,4 +174,5 @@ def test_hyperclovax_default_system_prompt_has_todays_date(tiny_model_dir):
     from clova_edge.repl import default_system
     engine = Engine.load(tiny_model_dir)
     text = default_system(engine, dt.date(2025, 4, 24))
-    assert text == '- AI 언어모델의 이름은 "CLOVA X" 이며 네이버에서 만들었다.\n- 오늘은 2025년 04월 24일(목)이다.'
+    assert text == ('- AI 언어모델의 이름은 "CLOVA X" 이며 네이버에서 만들었다.\n'
+                    '- 오늘은 2025년 04월 24일(목)이다.')

@@ -20,7 +20,8 @@ def stream(tok: Tokenizer, ids: list[int], *, skip_special: bool = True) -> list
     return [detok.add(i) for i in ids] + [detok.finalize()]
 
 
-@pytest.mark.parametrize("text", ["(안녕하세요!) 만나서 반가워요 😉", "", "한", "👩‍👩‍👧‍👦 🏳️‍🌈 🇰🇷", KOREAN[:800],
+@pytest.mark.parametrize("text", ["(안녕하세요!) 만나서 반가워요 😉", "", "한",
+                                  "👩‍👩‍👧‍👦 🏳️‍🌈 🇰🇷", KOREAN[:800],
                                   "mixed 한국어 and English, 2025년", *CORPUS[20:26]])
 def test_stream_joins_to_decode_without_replacement_chars(text: str):
     tok = tokenizer()
@@ -46,11 +47,13 @@ def test_special_tokens_skipped_or_kept():
 
 
 @settings(max_examples=400, deadline=None)
-@given(ids=st.lists(st.one_of(st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=110600)),
+@given(ids=st.lists(st.one_of(st.integers(min_value=0, max_value=300),
+                              st.integers(min_value=0, max_value=110600)),
                     max_size=16),
        skip=st.booleans())
 def test_any_ids_stream_to_decode(ids: list[int], skip: bool):
-    """Arbitrary ids (stray continuation bytes, cut characters): still exactly decode's text, U+FFFD included."""
+    """Arbitrary ids (stray continuation bytes, cut characters): still exactly decode's text, U+FFFD
+    included."""
     tok = tokenizer()
     assert "".join(stream(tok, ids, skip_special=skip)) == tok.decode(ids, skip_special=skip)
 

@@ -1,7 +1,7 @@
 """The house rules, read from the sources with ast (every import, function-level ones included):
 
-- runtime/ is the ground floor: it never imports export/, quant/, benchmarks/, the top-level clova_edge modules
-  (the CLI, the public API), torch, transformers, tokenizers, onnx or tiktoken;
+- runtime/ is the ground floor: it never imports export/, quant/, benchmarks/, the top-level clova_edge
+  modules (the CLI, the public API), torch, transformers, tokenizers, onnx or tiktoken;
 - quant/ never imports export/, benchmarks/, torch or transformers;
 - export/ never imports benchmarks/; nothing outside benchmarks/ imports benchmarks/;
 - no import circles between modules;
@@ -25,7 +25,8 @@ FOLDERS = {"clova_edge.runtime": ROOT / "runtime", "clova_edge.export": ROOT / "
 LAYERS = ("clova_edge.runtime", "clova_edge.export", "clova_edge.quant", "clova_edge.benchmarks")
 HEAVY = ("torch", "transformers", "tokenizers", "onnx", "tiktoken")
 RULES = {   # importer's package -> what it must never import (a name and everything under it)
-    "clova_edge.runtime": ("clova_edge.export", "clova_edge.quant", "clova_edge.benchmarks", "clova_edge.<top>",
+    "clova_edge.runtime": ("clova_edge.export", "clova_edge.quant", "clova_edge.benchmarks",
+                           "clova_edge.<top>",
                            *HEAVY),
     "clova_edge.quant": ("clova_edge.export", "clova_edge.benchmarks", "torch", "transformers"),
     "clova_edge.export": ("clova_edge.benchmarks",),
@@ -39,7 +40,8 @@ def modules(folders: dict[str, Path]) -> dict[str, Path]:
     for package, folder in folders.items():
         skip = [f for f in folders.values() if f != folder and f.is_relative_to(folder)]
         for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
-            if any(path.is_relative_to(f) for f in skip) or any(p.startswith(".") for p in path.relative_to(folder).parts):
+            inside = path.relative_to(folder).parts
+            if any(path.is_relative_to(f) for f in skip) or any(p.startswith(".") for p in inside):
                 continue
             parts = list(path.relative_to(folder).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -49,8 +51,8 @@ def modules(folders: dict[str, Path]) -> dict[str, Path]:
 
 
 def imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Every module `name` imports, absolute, anywhere in the file; `from X import y` counts X.y if y is a module.
-    importlib.import_module("literal") counts too (export/pipeline.py finds quant/ that way)."""
+    """Every module `name` imports, absolute, anywhere in the file; `from X import y` counts X.y if y is a
+    module. importlib.import_module("literal") counts too (export/pipeline.py finds quant/ that way)."""
     is_package = path.name == "__init__.py"
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -73,8 +75,9 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
 
 
 def _under(name: str, prefix: str) -> bool:
-    if prefix == "clova_edge.<top>":   # a top-level clova_edge module: the package itself, the CLI, the API...
-        return name == "clova_edge" or name.startswith("clova_edge.") and not any(_under(name, p) for p in LAYERS)
+    if prefix == "clova_edge.<top>":   # a top-level clova_edge module: the package, the CLI, the API...
+        top = name == "clova_edge" or name.startswith("clova_edge.")
+        return top and not any(_under(name, p) for p in LAYERS)
     return name == prefix or name.startswith(prefix + ".")
 
 
@@ -83,7 +86,8 @@ def _package_of(name: str) -> str:
 
 
 def layering_violations(folders: dict[str, Path]) -> list[str]:
-    """Every import that breaks RULES, and every import circle, as readable lines ([] when the house is in order)."""
+    """Every import that breaks RULES, and every import circle, as readable lines ([] when the house is in
+    order)."""
     mods = modules(folders)
     graph = {name: imports(name, path, set(mods)) for name, path in mods.items()}
     bad = []
@@ -93,11 +97,13 @@ def layering_violations(folders: dict[str, Path]) -> list[str]:
             rule = next((p for p in RULES.get(package, ()) if _under(target, p)), None)
             if rule:
                 bad.append(f"{mods[name].relative_to(folders[package].parent)}: {name} imports {target}")
-    return bad + [" -> ".join(c) for c in cycles({n: {t for t in ts if t in graph} for n, ts in graph.items()})]
+    internal = {n: {t for t in ts if t in graph} for n, ts in graph.items()}
+    return bad + [" -> ".join(c) for c in cycles(internal)]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle (as a closed path) per strongly connected group of modules that import each other (Tarjan)."""
+    """One cycle (as a closed path) per strongly connected group of modules that import each other
+    (Tarjan)."""
     index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
 
     def visit(v: str) -> None:
@@ -172,7 +178,8 @@ def test_checker_finds_planted_rule_breaks(tmp_path):
         "runtime/a.py": "def f():\n    import torch\n    from clova_edge import cli\n",
         "runtime/b.py": "from ..quant import apply\n",
         "quant/__init__.py": "", "quant/apply.py": "from clova_edge.export.llama import x\n",
-        "export/__init__.py": "", "export/llama.py": "import importlib\nimportlib.import_module('clova_edge.benchmarks.bench')\n",
+        "export/__init__.py": "",
+        "export/llama.py": "import importlib\nimportlib.import_module('clova_edge.benchmarks.bench')\n",
         "benchmarks/__init__.py": "", "benchmarks/bench.py": "from clova_edge.runtime import a\n",
         "clova_edge/__init__.py": "", "clova_edge/cli.py": "from clova_edge.runtime import a\n",
     })
@@ -194,7 +201,8 @@ def test_checker_finds_a_planted_import_circle(tmp_path):
         "runtime/x.py": "",
     })
     assert layering_violations(folders) == [
-        "clova_edge.quant.apply -> clova_edge.quant.plan -> clova_edge.quant.report -> clova_edge.quant.apply"]
+        "clova_edge.quant.apply -> clova_edge.quant.plan -> clova_edge.quant.report"
+        " -> clova_edge.quant.apply"]
 
 
 def test_runtime_and_cli_import_with_torch_blocked():
@@ -213,7 +221,7 @@ def test_runtime_and_cli_import_with_torch_blocked():
 
 
 def test_runtime_module_budgets():
-    """STYLE.md: every runtime module <= 300 lines, generate.py <= 150, the CLI <= 180 lines per file.
+    """Size budgets: every runtime module <= 300 lines, generate.py <= 150, the CLI <= 180 lines per file.
     Read from the imported package, so it also holds for an installed (non-editable) copy, as on the arm64
     run."""
     import clova_edge.cli

@@ -1,4 +1,4 @@
-"""Greedy decoding with repetition_penalty 1.2 gives the same tokens as transformers' generate (issue 4, item 7)."""
+"""Greedy decoding with repetition_penalty 1.2 gives the same tokens as transformers' generate."""
 
 import pytest
 

