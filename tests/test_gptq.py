@@ -1,4 +1,5 @@
-"""GPTQ (quant/gptq.py) on a small seeded layer: lower output error than the activation-aware search it starts from,
+"""GPTQ (quant/gptq.py) on a small seeded layer: lower output error than the activation-aware search it starts
+from,
 valid codes, and the degenerate cases (dead input channels, a padded last block)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""INT8 KV cache: calibrated per-channel scales, GroupQueryAttention reads/writes int8, the runtime runs it."""
+"""INT8 KV cache: calibrated per-channel scales, GroupQueryAttention reads/writes int8, the runtime runs
+it."""
 
 import shutil
 
@@ -18,7 +19,8 @@ def test_int8_kv_cache_variant_runs_and_stays_close(tiny_model_dir, tmp_path):
     gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
     assert gqa and all({a.name for a in n.attribute} >= {"k_quant_type", "v_quant_type", "kv_cache_bit_width"}
                        for n in gqa)
-    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT8 for i in graph.input if i.name.startswith("past"))
+    past = [i for i in graph.input if i.name.startswith("past")]
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.INT8 for i in past)
 
     fp32, q = Engine.load(folder, variant="fp32"), Engine.load(folder, variant="int8")
     assert q.model.kv_dtype == np.int8

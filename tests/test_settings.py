@@ -1,4 +1,5 @@
-"""GenerationSettings: defaults, validation (each bad value names its field), manifest defaults + overrides."""
+"""GenerationSettings: defaults, validation (each bad value names its field), manifest defaults +
+overrides."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def test_from_defaults_manifest_then_overrides():
     manifest = {"repetition_penalty": 1.2, "temperature": 0.0, "do_sample": False, "stop": ["<|stop|>"]}
     s = GenerationSettings.from_defaults(manifest)
     assert (s.repetition_penalty, s.stop) == (1.2, ("<|stop|>",))
-    s = GenerationSettings.from_defaults(manifest, temperature=0.7, repetition_penalty=None, seed=3, top_p=None)
+    s = GenerationSettings.from_defaults(manifest, temperature=0.7, repetition_penalty=None, seed=3,
+                                         top_p=None)
     assert (s.temperature, s.repetition_penalty, s.seed, s.top_p) == (0.7, 1.2, 3, 1.0)
     assert GenerationSettings.from_defaults(None) == GenerationSettings()
     assert GenerationSettings.from_defaults({}, repetition_penalty=1.0).repetition_penalty == 1.0
