@@ -28,10 +28,12 @@ from .tools import Tool, ToolCall, normalize_tools, result_content
 
 class ChatSession:
     def __init__(self, engine: Any, *, system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None,
-                 settings: GenerationSettings | None = None, today: dt.date | None = None):
+                 settings: GenerationSettings | None = None, today: dt.date | None = None,
+                 constrain_tools: bool = True):
         self.engine = engine
         self.settings = settings or engine.default_settings()
         self.tools = normalize_tools(tools)
+        self.constrain_tools = constrain_tools   # tool calls through the grammar (engine.tool_constraint)
         self.messages: list[dict[str, Any]] = engine.format.opening(system, self.tools, today)
         for m in self.messages:
             engine.check_text(m["content"])
@@ -103,8 +105,9 @@ class ChatSession:
         notice = f"dropped the {dropped} oldest turn(s) to fit the {ctx}-token context" if dropped else None
         self.pending_calls = ()
         try:
+            constraint = engine.tool_constraint(self.tools) if self.constrain_tools else None
             events = engine.stream_ids(ids[keep:], settings, cache=self.cache, history=ids[:keep],
-                                       tools=bool(self.tools))
+                                       tools=bool(self.tools), constraint=constraint)
             for event in reader.wrap(events):
                 if notice:
                     event, notice = replace(event, notice=notice), None

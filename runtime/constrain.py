@@ -77,6 +77,23 @@ class Grammars:
         """An answer that matches `pattern` as a whole."""
         return self._constraint(self._llg.LLMatcher.grammar_from_regex(pattern), "regex")
 
+    def tool_calls(self, tools: Sequence[dict], marks: dict[str, int]) -> "Constraint":
+        """What may follow a HyperCLOVAX answer's <|im_end|> with tools on: <|endofturn|>, or one call block
+        `\\n<|im_start|>assistant -> tool/function_call\\n{"name": ..., "input": {...}}<|im_end|><|stop|>`
+        calling `tools` with arguments valid against their parameters (unsupported schema keywords are
+        ignored, lenient). `marks`: the ids of <|im_start|>, <|im_end|>, <|endofturn|>, <|stop|>."""
+        # the forms the family's parsers read (tools.py): one object with "input", or a list, "arguments"
+        calls = [{"type": "object", "properties": {"name": {"const": t["name"]}, key: t["parameters"]},
+                  "required": ["name", key], "additionalProperties": False}
+                 for t in tools for key in ("input", "arguments")]
+        schema = {"x-guidance": {**JSON_LAYOUT, "lenient": True},
+                  "anyOf": [*calls, {"type": "array", "items": {"anyOf": calls}, "minItems": 1}]}
+        start, end, eot, stop = (marks[t] for t in ("<|im_start|>", "<|im_end|>", "<|endofturn|>",
+                                                     "<|stop|>"))
+        lark = (f'start: <[{eot}]> | "\\n" <[{start}]> "assistant -> tool/function_call\\n" call '
+                f"<[{end}]> <[{stop}]>\ncall: %json {json.dumps(schema)}")
+        return self._constraint(lark, "tool call grammar")
+
     def _constraint(self, grammar: str, what: str) -> "Constraint":
         matcher = self._llg.LLMatcher(self._tokenizer, grammar, log_level=0)
         if matcher.is_error():
@@ -121,3 +138,20 @@ def load_json_schema(path: Any) -> dict:
     if not isinstance(schema, dict):
         raise ConstraintError(f"{path}: a JSON schema must be an object, got {type(schema).__name__}")
     return schema
+
+
+class AfterToken:
+    """A constraint that applies only once `trigger` has been sampled (the tool-call grammar: after the
+    answer's <|im_end|>, whatever the model writes must be the end of the turn or a valid call block)."""
+
+    def __init__(self, trigger: int, constraint: Constraint):
+        self.trigger, self.inner, self.active = trigger, constraint, False
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        return self.inner.mask(logits) if self.active else logits
+
+    def advance(self, token: int) -> None:
+        if self.active:
+            self.inner.advance(token)
+        elif token == self.trigger:
+            self.active = True

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 from .chat import ChatSession
 from .chat_template import ChatTemplate
-from .constrain import Constraint, Grammars
+from .constrain import AfterToken, Constraint, Grammars
 from .conversation import DEFAULT, ChatFormat, SystemPrompt, TurnReader
 from .errors import ConstraintError, ManifestError, PromptError, TokenizerError
 from .generate import Event, stream
@@ -143,9 +143,20 @@ class Engine:
             return self.grammars.json_schema(json_schema)
         return self.grammars.regex(regex) if regex is not None else None
 
+    def tool_constraint(self, tools: Sequence[Tool]) -> AfterToken | None:
+        """HyperCLOVAX with tools: the grammar that makes any call block the model writes a valid call of
+        one of `tools` (None without llguidance: calls are then parsed as the model wrote them)."""
+        if not tools or not self.format.hyperclovax:
+            return None
+        try:
+            grammars = self.grammars
+        except ConstraintError:   # llguidance is optional
+            return None
+        return AfterToken(self.format.ids["<|im_end|>"], grammars.tool_calls(tools, self.format.ids))
+
     def stream_ids(self, ids: list[int], settings: GenerationSettings, *, cache: KVCache,
                    history: Sequence[int] = (), tools: bool = False,
-                   constraint: Constraint | None = None) -> Iterator[Event]:
+                   constraint: Constraint | AfterToken | None = None) -> Iterator[Event]:
         """Prefill `ids` onto `cache` (which holds `history`) and stream the answer with the model's stop
         tokens and strings. tools=True: the turn runs on past <|im_end|> into a call block (not shown)."""
         ctx = self.model.config.context_length
@@ -168,7 +179,7 @@ class Engine:
         tools = normalize_tools(tools)
         if tools and (json_schema is not None or regex is not None):
             raise ConstraintError("constrained output and tools cannot be combined in one answer")
-        constraint = self.constraint(json_schema=json_schema, regex=regex)
+        constraint = self.constraint(json_schema=json_schema, regex=regex) or self.tool_constraint(tools)
         ids = self.encode(prompt, system=system, tools=tools, chat_template=chat_template,
                           allow_special=allow_special)
         cache = self.prepare_cache(None, keep=0, room=len(ids) + settings.max_new_tokens)
@@ -184,10 +195,12 @@ class Engine:
         return "".join(e.text for e in events)
 
     def chat(self, *, system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None,
-             settings: GenerationSettings | None = None) -> ChatSession:
+             settings: GenerationSettings | None = None, constrain_tools: bool = True) -> ChatSession:
         """A conversation that keeps the KV cache across turns (see ChatSession). system: DEFAULT (the
-        model's own, with today's date), a str, or None; tools: OpenAI-style definitions (HyperCLOVAX)."""
-        return ChatSession(self, system=system, tools=tools, settings=settings)
+        model's own, with today's date), a str, or None; tools: OpenAI-style definitions (HyperCLOVAX);
+        constrain_tools: a call block the model writes is always a valid call (needs llguidance)."""
+        return ChatSession(self, system=system, tools=tools, settings=settings,
+                           constrain_tools=constrain_tools)
 
 
 def _check_sizes(manifest: Manifest, names: list[str]) -> None:

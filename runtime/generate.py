@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .constrain import Constraint
+from .constrain import AfterToken, Constraint
 from .errors import PromptError
 from .model import KVCache, OnnxModel
 from .sampling import make_sampler, PenaltyState
@@ -42,7 +42,7 @@ class Event:
 
 def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], settings: GenerationSettings, *,
                     stop_ids: Iterable[int] = (), history: Iterable[int] = (),
-                    constraint: Constraint | None = None) -> Iterator[int]:
+                    constraint: Constraint | AfterToken | None = None) -> Iterator[int]:
     """Yield sampled ids. The prompt ids are added to `cache` (which may already hold `history`, e.g. earlier
     chat turns); every yielded id but the last is fed back into the cache. Stops after a stop id, after
     max_new_tokens, or when the cache is full (the caller sizes it; at most the context length). A
@@ -74,7 +74,7 @@ def generate_tokens(model: OnnxModel, cache: KVCache, prompt_ids: list[int], set
 def stream(model: OnnxModel, tokenizer: Tokenizer, cache: KVCache, prompt_ids: list[int],
            settings: GenerationSettings, *, stop_ids: Iterable[int] = (), stop_strings: Iterable[str] = (),
            history: Iterable[int] = (), mute_after: Iterable[int] = (),
-           constraint: Constraint | None = None) -> Iterator[Event]:
+           constraint: Constraint | AfterToken | None = None) -> Iterator[Event]:
     """Text events for one generation; see Event. The final event carries the finish reason. No text is
     shown after an id in `mute_after` (the caller reads what follows, e.g. a tool call block)."""
     stop_set = frozenset(stop_ids)

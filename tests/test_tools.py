@@ -113,20 +113,42 @@ def test_with_tools_im_end_alone_does_not_stop_and_endofturn_does(tiny_model_dir
 
 def test_one_shot_stream_with_tools_and_list_form_calls(tiny_model_dir):
     call = CALL.replace('{"name": "get_weather", "input": {"location": "서울"}}',
-                        '[{"name": "get_weather", "arguments": {"location": "서울"}}, {"name": "now"}]')
+                        '[{"name": "get_weather", "arguments": {"location": "서울"}}, '
+                        '{"name": "get_weather", "arguments": {"location": "부산"}}]')
     engine = scripted_engine(tiny_model_dir, [call])
     events = list(engine.stream("서울 날씨?", SETTINGS, tools=TOOLS))
-    assert events[-1].tool_calls == (WEATHER, ToolCall("now", {}))
+    assert events[-1].tool_calls == (WEATHER, ToolCall("get_weather", {"location": "부산"}))
     assert events[-1].finish_reason == "tool_calls"
     assert "".join(e.text for e in events) == ""
 
 
-def test_a_malformed_call_is_a_notice_not_a_crash(tiny_model_dir):
+def test_unconstrained_a_malformed_call_is_a_notice_not_a_crash(tiny_model_dir):
     engine = scripted_engine(tiny_model_dir, [CALL.replace('"input": {', '"input": {{')])
-    chat = ChatSession(engine, tools=TOOLS, settings=SETTINGS)
+    chat = ChatSession(engine, tools=TOOLS, settings=SETTINGS, constrain_tools=False)
     events = list(chat.send("서울 날씨?"))
     assert "not valid JSON" in events[-1].notice and events[-1].finish_reason == "stop"
     assert not chat.pending_calls
+
+
+STRICT = [{"type": "function", "function": {**TOOLS[0]["function"], "parameters": {
+    **TOOLS[0]["function"]["parameters"], "additionalProperties": False}}}]
+
+
+# (a scripted model cannot judge string contents: once forced into a string it never closes it)
+@pytest.mark.parametrize("bad", ['"input": {"location": "서울", "unit": "C"}', '"name": "get_time"'])
+def test_the_grammar_turns_whatever_the_model_writes_into_a_valid_call(tiny_model_dir, bad):
+    pytest.importorskip("llguidance")
+    wanted = CALL.replace('"input": {"location": "서울"}' if "input" in bad else '"name": "get_weather"', bad)
+    engine = scripted_engine(tiny_model_dir, ["ok." + wanted])
+    chat = ChatSession(engine, tools=STRICT, settings=GenerationSettings(max_new_tokens=80))
+    events = list(chat.send("날씨?"))
+    assert len(events[-1].tool_calls) == 1, engine.tokenizer.decode(chat.cache.ids[-60:])
+    assert events[-1].finish_reason == "tool_calls"
+    (call,) = events[-1].tool_calls       # the unknown tool / the extra argument could not be written
+    assert call.name == "get_weather" and set(call.arguments) == {"location"}
+    unconstrained = scripted_engine(tiny_model_dir, ["ok." + wanted])
+    chat = ChatSession(unconstrained, tools=STRICT, settings=SETTINGS, constrain_tools=False)
+    assert list(chat.send("날씨?"))[-1].tool_calls != (WEATHER,)
 
 
 def test_cli_chat_shows_calls_and_reads_results(tiny_model_dir, monkeypatch, capsys):
