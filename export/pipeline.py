@@ -114,7 +114,7 @@ def _run_quantizers(folder: Path, quantize: tuple[str, ...], say: Callable[[str]
             return
     for name in quantize:
         say(f"quantize: {name}")
-        quantize_folder(folder, bits=QUANT_BITS[name], progress=say)
+        quantize_folder(folder, QUANT_BITS[name], progress=say)
 
 
 def _replace_atomically(tmp: Path, out_dir: Path, *, force: bool = True) -> None:
