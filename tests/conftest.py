@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_MODELS = ROOT / ".cache" / "test-models"
 
 
-# The files that decide what an export contains (not verify.py or demo.py: editing those re-exports nothing).
+# The files that decide what an export contains (not verify.py: editing it re-exports nothing).
 _KEY_FILES = ("export/llama.py", "export/to_onnx.py", "export/source.py", "export/pipeline.py",
               "export/testmodels.py", "export/tokenizer_standin.py", "runtime/manifest.py")
 
