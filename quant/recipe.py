@@ -80,8 +80,8 @@ class Recipe:
         for role, layers, _rule in self.overrides:
             if layers not in LAYER_SETS:
                 raise _fail(f"layer set must be one of {', '.join(LAYER_SETS)}, got {layers!r}")
-            if role not in ("qkv", "o", "gate_up", "down", "other"):
-                raise _fail(f"override role {role!r} is not a linear role (qkv, o, gate_up, down, other)")
+            if role not in ("qkv", "v", "o", "gate_up", "down", "other"):
+                raise _fail(f"override role {role!r} is not a linear role (qkv, v, o, gate_up, down, other)")
 
     @property
     def bits(self) -> int:
@@ -93,13 +93,14 @@ class Recipe:
         return f"int{self.default.bits}"
 
     def rule_for(self, role: str, layer: int | None, num_layers: int) -> TensorRule | None:
-        """The rule of one linear (None: keep it fp32)."""
+        """The rule of one linear (None: keep it fp32). Role "v" is the value rows of the fused qkv projection:
+        without an override of its own it follows "qkv" (quant/rewrite.py splits the node only when they differ)."""
         if role == "lm_head":
             return self.lm_head
         for r, layers, rule in self.overrides:
             if r == role and (layers == "all" or (layer is not None and in_layer_set(layers, layer, num_layers))):
                 return rule
-        return self.default
+        return self.rule_for("qkv", layer, num_layers) if role == "v" else self.default
 
 
 Q4_128 = TensorRule(4, 128)

@@ -73,6 +73,31 @@ def _quantize_weight(w: np.ndarray, rule: TensorRule, method: str, imp: np.ndarr
                              importance=imp if method in ("act", "gptq") else None)
 
 
+def _value_rows(graph: onnx.GraphProto, qkv_rows: int) -> int | None:
+    """Rows of a fused [q; k; v] weight that are the values: kv_num_heads x head_dim, from GroupQueryAttention."""
+    gqa = next((n for n in graph.node if n.op_type == "GroupQueryAttention"), None)
+    if gqa is None:
+        return None
+    a = {x.name: helper.get_attribute_value(x) for x in gqa.attribute}
+    heads, kv = a.get("num_heads"), a.get("kv_num_heads")
+    if not heads or not kv or qkv_rows % (heads + 2 * kv):
+        return None
+    return kv * qkv_rows // (heads + 2 * kv)
+
+
+def _parts(lin: Linear, role: str, w: np.ndarray, recipe: Recipe, num_layers: int, graph: onnx.GraphProto):
+    """[(role, rows slice, rule)] of one linear: one part, or the fused qkv split into qk and v rows when the
+    recipe gives the values another format (each part becomes its own MatMulNBits, then a Concat)."""
+    rule = recipe.rule_for(role, lin.layer, num_layers)
+    if role == "qkv":
+        v_rule = recipe.rule_for("v", lin.layer, num_layers)
+        n_v = _value_rows(graph, w.shape[0])
+        if v_rule != rule and n_v:
+            cut = w.shape[0] - n_v
+            return [("qk", slice(0, cut), rule), ("v", slice(cut, None), v_rule)]
+    return [(role, slice(None), rule)]
+
+
 def rewrite_model(model: onnx.ModelProto, recipe: Recipe, *, importance: dict[str, np.ndarray] | None = None,
                   hessians: dict[str, np.ndarray] | None = None,
                   progress: Progress = None) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
@@ -93,25 +118,40 @@ def rewrite_model(model: onnx.ModelProto, recipe: Recipe, *, importance: dict[st
         if rule is None:
             continue
         arr = numpy_helper.to_array(inits[lin.weight])
-        w = arr if lin.transposed else arr.T                               # [N, K]
-        if progress:
-            progress(f"[{i + 1}/{len(plan.linears)}] {lin.weight} {tuple(w.shape)} -> {rule.describe()}")
+        w_all = arr if lin.transposed else arr.T                           # [N, K]
         tied = role == "lm_head"
         method = "act" if tied and recipe.method == "gptq" else recipe.method
-        bq = _quantize_weight(w, rule, method, importance.get(lin.act_input),
-                              None if tied else hessians.get(lin.act_input))
-        mw = P.to_matmulnbits(bq)
-        base = f"{lin.weight}_q{rule.bits}"
-        names = (base, f"{base}_scales", f"{base}_zp" if mw.zero_points is not None else None)
-        new_inits += [numpy_helper.from_array(mw.b, names[0]), numpy_helper.from_array(mw.scales, names[1])]
-        if mw.zero_points is not None:
-            new_inits.append(numpy_helper.from_array(mw.zero_points, names[2]))
-        replaced[id(lin.node)] = [_nbits_node(lin, rule, mw.k, mw.n, names, recipe.accuracy_level)]
+        parts = _parts(lin, role, w_all, recipe, plan.num_layers, graph)
+        if progress:
+            progress(f"[{i + 1}/{len(plan.linears)}] {lin.weight} {tuple(w_all.shape)} -> "
+                     + ", ".join(f"{r} {t.describe()}" for r, _, t in parts))
+        nodes, outs = [], []
+        for part, rows, rule in parts:
+            w = w_all[rows]
+            bq = _quantize_weight(w, rule, method, importance.get(lin.act_input),
+                                  None if tied else hessians.get(lin.act_input))
+            mw = P.to_matmulnbits(bq)
+            base = f"{lin.weight}_q{rule.bits}" + ("" if len(parts) == 1 else f"_{part}")
+            names = (base, f"{base}_scales", f"{base}_zp" if mw.zero_points is not None else None)
+            new_inits += [numpy_helper.from_array(mw.b, names[0]), numpy_helper.from_array(mw.scales, names[1])]
+            if mw.zero_points is not None:
+                new_inits.append(numpy_helper.from_array(mw.zero_points, names[2]))
+            node = _nbits_node(lin, rule, mw.k, mw.n, names, recipe.accuracy_level)
+            if len(parts) > 1:
+                del node.output[:]
+                node.output.append(f"{lin.node.output[0]}/{part}")
+                node.name += f"_{part}"
+                outs.append(node.output[0])
+            nodes.append(node)
+            records.append({"weight": lin.weight + ("" if len(parts) == 1 else f"[{part}]"), "role": part,
+                            "layer": lin.layer, "shape": list(w.shape), "bits": rule.bits,
+                            "block_size": rule.block_size, "symmetric": rule.symmetric, "method": method,
+                            "rel_rms_err": round(P.error_stats(w, P.dequantize_blocks(bq))["rel_rms_err"], 5)})
+        if outs:
+            nodes.append(helper.make_node("Concat", outs, list(lin.node.output), name=f"{lin.node.name}_qkv_cat",
+                                          axis=-1))
+        replaced[id(lin.node)] = nodes
         quantized_w.add(lin.weight)
-        records.append({"weight": lin.weight, "role": role, "layer": lin.layer, "shape": list(w.shape),
-                        "bits": rule.bits, "block_size": rule.block_size, "symmetric": rule.symmetric,
-                        "method": method,
-                        "rel_rms_err": round(P.error_stats(w, P.dequantize_blocks(bq))["rel_rms_err"], 5)})
         if tied and plan.embedding is not None:
             s3 = numpy_helper.from_array(bq.scales[..., None], f"{names[1]}_gbq")
             new_inits.append(s3)

@@ -29,6 +29,8 @@ from clova_edge.runtime.manifest import load_manifest
 
 Q4, Q4A = TensorRule(4, 128), TensorRule(4, 128, symmetric=False)
 Q8 = TensorRule(8, 128)
+Q4A64 = TensorRule(4, 64, symmetric=False)
+DV8 = (("down", "more_bits", Q8), ("v", "more_bits", Q8))
 
 
 def candidates() -> dict[str, Recipe]:
@@ -49,6 +51,11 @@ def candidates() -> dict[str, Recipe]:
         "asym/128 + all 8-bit (ends)": mk("m3", default=Q4A, overrides=tuple(
             (r, "ends", Q8) for r in ("qkv", "o", "gate_up", "down"))),
         "gptq asym/128": mk("g1", default=Q4A, method="gptq"),
+        "gptq asym/64": mk("g64", default=Q4A64, method="gptq"),
+        "gptq asym/64 + down,v 8-bit (more_bits)": mk("g64dv", default=Q4A64, method="gptq", overrides=DV8),
+        "asym/64 + down,v 8-bit (more_bits)": mk("a64dv", default=Q4A64, overrides=DV8),
+        "gptq asym/32 + down,v 8-bit (more_bits)": mk("g32dv", default=TensorRule(4, 32, False), method="gptq",
+                                                      overrides=DV8),
         "gptq asym/128 + down 8-bit (more_bits)": mk("g2", default=Q4A, method="gptq",
                                                      overrides=(("down", "more_bits", Q8),)),
     }

@@ -3,7 +3,7 @@
     python -m clova_edge.benchmarks.studies.tokenizer_speed [--tokenizer PATH/tokenizer.json] [--repeat 20]
 
 Default tokenizer: the HyperCLOVAX stand-in (cl100k_base + HyperCLOVAX's special tokens, export/tokenizer_standin.py).
-Default text: the Korean evaluation prose shipped in quant/data/eval.txt, paragraphs appended (last first) until it
+Default text: the Korean calibration prose shipped in quant/data/calib.txt, paragraphs appended (last first) until it
 is at least 4096 tokens. Reports load time, the first encode (empty per-word cache: what a fresh process pays),
 the median warm encode, decode and the streaming detokenizer per token, each against `tokenizers` where it has one,
 and checks that both give the same ids.
@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL_TEXT = REPO / "quant" / "data" / "eval.txt"
+EVAL_TEXT = REPO / "quant" / "data" / "calib.txt"
 TARGET_TOKENS = 4096
 
 
 def korean_text(count_tokens, target: int = TARGET_TOKENS) -> str:
-    """eval.txt, then its paragraphs from the last one back, until count_tokens(text) >= target."""
+    """calib.txt, then its paragraphs from the last one back, until count_tokens(text) >= target."""
     base = EVAL_TEXT.read_text(encoding="utf-8").strip()
     paragraphs = [p for p in base.split("\n\n") if p.strip()]
     text, extra = base, list(reversed(paragraphs))

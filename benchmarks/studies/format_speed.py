@@ -1,0 +1,81 @@
+"""Study: how fast does onnxruntime's MatMulNBits decode and prefill each weight format on this CPU?
+
+    python -m clova_edge.benchmarks.studies.format_speed FOLDER [--formats 4/128,4/128a,4/64a,...] [--out F]
+
+FOLDER: an exported fp32 folder of the full-size HyperCLOVAX shape (random weights: speed does not depend on
+their values). Each format (bits/block, 'a' = asymmetric) is applied to every linear with round-to-nearest (the
+vocabulary projection stays 8-bit/128, the KV cache fp32, so only the linears differ); then decode tok/s after a
+128-token prompt (median of 64 steps x 3) and the time to first token of a 512-token prompt. Rows of one run
+compare; the recipe that became the INT4 default (quant/recipe.py) was chosen with this and recipe_search.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from clova_edge.quant.recipe import Recipe, TensorRule
+from clova_edge.quant.rewrite import rewrite_model
+from clova_edge.runtime.manifest import load_manifest
+from clova_edge.runtime.model import OnnxModel
+
+
+def parse(fmt: str) -> TensorRule:
+    bits, block = fmt.rstrip("a").split("/")
+    return TensorRule(int(bits), int(block), symmetric=not fmt.endswith("a"))
+
+
+def time_model(model: OnnxModel, rng: np.random.Generator) -> dict:
+    steps = []
+    for _ in range(3):
+        cache = model.new_cache(128 + 65)
+        logits = model.prefill(cache, rng.integers(10, 30000, 128))
+        for _ in range(64):
+            t = time.perf_counter()
+            logits = model.decode(cache, int(np.argmax(logits)))
+            steps.append(time.perf_counter() - t)
+    ttft = []
+    for _ in range(2):
+        cache = model.new_cache(512)
+        t = time.perf_counter()
+        model.prefill(cache, rng.integers(10, 30000, 512))
+        ttft.append(time.perf_counter() - t)
+    return {"decode_tok_s": 1 / float(np.median(steps)), "ttft_512_s": float(np.median(ttft))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--formats", default="4/128,4/128a,4/64,4/64a,4/32,4/32a,8/128")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    manifest = load_manifest(a.folder)
+    fp32 = onnx.load(str(a.folder / manifest.variants["fp32"].file))
+    results = {}
+    for fmt in a.formats.split(","):
+        recipe = Recipe(fmt, fmt, parse(fmt), TensorRule(8, 128), method="rtn", kv_cache="float32")
+        q, records = rewrite_model(fp32, recipe)
+        with tempfile.TemporaryDirectory(dir=a.folder) as tmp:
+            path = Path(tmp) / "q.onnx"
+            onnx.save_model(q, str(path), save_as_external_data=True, location="q.onnx.data")
+            del q
+            size = (Path(tmp) / "q.onnx.data").stat().st_size
+            model = OnnxModel.from_graph(manifest, path, threads=a.threads)
+            results[fmt] = {"data_mb": size / 1e6, **time_model(model, np.random.default_rng(0))}
+            del model
+        print(f"{fmt:8s} {results[fmt]['data_mb']:7.1f} MB  decode {results[fmt]['decode_tok_s']:6.1f} tok/s  "
+              f"TTFT512 {results[fmt]['ttft_512_s']:.2f} s", flush=True)
+        if a.out:
+            a.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
