@@ -112,22 +112,33 @@ def export(source: str = typer.Argument(..., help="Hugging Face id, local HF fol
 
 
 @app.command()
-def quantize(model: Path = typer.Argument(..., help="exported model folder (with its fp32 variant)"),
-             bits: int = typer.Option(4, "--bits", help="4 or 8"),
+def quantize(model: Optional[Path] = typer.Argument(None, help="exported model folder (with its fp32 variant)"),
+             bits: Optional[int] = typer.Option(None, "--bits", help="4 or 8: that width's default recipe"),
+             recipe: Optional[str] = typer.Option(
+                 None, "--recipe", help="a named recipe (`clova-edge quantize --list`) [default: int4 for 4 bits]"),
              block_size: Optional[int] = typer.Option(
-                 None, "--block-size",
-                 help="weights per quantization block [default: 128 for 4 bits, 32 for 8]"),
+                 None, "--block-size", help="weights per block, for every tensor of the recipe"),
              kv_cache: Optional[str] = typer.Option(
-                 None, "--kv-cache", help="fp32 | int8 (1/4 the memory) [default: int8 for 4 bits]"),
+                 None, "--kv-cache", help="int8 | fp32: override the recipe's KV cache"),
+             list_recipes: bool = typer.Option(False, "--list", help="list the recipes and exit"),
              ) -> None:
-    """(Re-)quantize an exported folder to INT4 or INT8, with a quality report."""
+    """(Re-)quantize an exported folder to INT4 or INT8, with a quality report on held-out text."""
     try:
-        from clova_edge.quant import quantize_model_folder
+        from clova_edge.quant import DEFAULT_RECIPE, RECIPES, QuantSettings, quantize_model_folder
     except ImportError as e:
         raise ClovaEdgeError(f"quantize needs the export extra ({e.name} missing): "
                              "pip install 'clova-edge[export]'")
+    if list_recipes:
+        for name, r in RECIPES.items():
+            default = " (default for --bits %d)" % r.bits if DEFAULT_RECIPE.get(r.bits) == name else ""
+            typer.echo(f"{name}{default}: {r.summary}")
+        return
+    if model is None:
+        raise ClovaEdgeError("quantize needs the exported model folder: clova-edge quantize MODEL_DIR [--bits 4]")
+    settings = QuantSettings.make(bits=bits if bits is not None or recipe else 4, recipe=recipe,
+                                  block_size=block_size, kv_cache=kv_cache)
     with StepProgress() as progress:
-        quantize_model_folder(model, bits, block_size=block_size, kv_cache=kv_cache, progress=progress)
+        quantize_model_folder(model, settings, progress=progress)
 
 
 @app.command()
