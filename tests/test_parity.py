@@ -29,7 +29,7 @@ def test_greedy_tokens_equal_transformers_generate(name, fixture, request):
     engine = Engine.load(request.getfixturevalue(fixture), variant="fp32", threads=2)
     hf_dir = testmodels.build(name)
     hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    ids = engine.encode(MESSAGES)
+    ids = engine.encode_messages(MESSAGES)   # exactly these (encode() adds HyperCLOVAX's tool_list)
     assert ids == list(hf_tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True,
                                                   return_dict=False))
     settings = GenerationSettings(max_new_tokens=N_TOKENS, temperature=0.0, repetition_penalty=1.2)
