@@ -131,8 +131,7 @@ def smol_template() -> ChatTemplate:
     return ChatTemplate.from_tokenizer_config(smollm2_dir() / "tokenizer_config.json")
 
 
-# ---- golden strings
-# ------------------------------------------------------------------------------------------
+# ---- golden strings ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model", ["hyperclovax", "smollm2"])
 def test_render_matches_golden(model):
@@ -176,8 +175,7 @@ def test_golden_still_matches_transformers(model):
         assert text == case["text"], (model, case["chat"])
 
 
-# ---- environment features transformers' templates rely on
-# ----------------------------------------------------
+# ---- environment features transformers' templates rely on --------------------------------------------------
 
 def test_transformers_globals_and_filters():
     src = ("{{ bos_token }}|{{ messages[0]['content'] | tojson }}|{{ {'a': '<b>'} | tojson }}|"
@@ -262,8 +260,7 @@ def test_from_tokenizer_config_variants(tmp_path):
         ChatTemplate("{% for %}")
 
 
-# ---- safe encoding
-# -------------------------------------------------------------------------------------------
+# ---- safe encoding -----------------------------------------------------------------------------------------
 
 BENIGN = ["user_only", "multi_turn", "tools", "empty_content", "card"]
 
