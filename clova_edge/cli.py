@@ -112,10 +112,12 @@ def export(source: str = typer.Argument(..., help="Hugging Face id, local HF fol
 
 
 @app.command()
-def quantize(model: Optional[Path] = typer.Argument(None, help="exported model folder (with its fp32 variant)"),
+def quantize(model: Optional[Path] = typer.Argument(None,
+                                                    help="exported model folder (with its fp32 variant)"),
              bits: Optional[int] = typer.Option(None, "--bits", help="4 or 8: that width's default recipe"),
              recipe: Optional[str] = typer.Option(
-                 None, "--recipe", help="a named recipe (`clova-edge quantize --list`) [default: int4 for 4 bits]"),
+                 None, "--recipe",
+                 help="a named recipe (`clova-edge quantize --list`) [default: int4 for 4 bits]"),
              block_size: Optional[int] = typer.Option(
                  None, "--block-size", help="weights per block, for every tensor of the recipe"),
              kv_cache: Optional[str] = typer.Option(
@@ -134,7 +136,8 @@ def quantize(model: Optional[Path] = typer.Argument(None, help="exported model f
             typer.echo(f"{name}{default}: {r.summary}")
         return
     if model is None:
-        raise ClovaEdgeError("quantize needs the exported model folder: clova-edge quantize MODEL_DIR [--bits 4]")
+        raise ClovaEdgeError("quantize needs the exported model folder: "
+                             "clova-edge quantize MODEL_DIR [--bits 4]")
     settings = QuantSettings.make(bits=bits if bits is not None or recipe else 4, recipe=recipe,
                                   block_size=block_size, kv_cache=kv_cache)
     with StepProgress() as progress:
