@@ -176,7 +176,7 @@ def fp32_copy(src: Path, dst: Path) -> Path:
 QUANTIZE = textwrap.dedent("""
     import sys
     from clova_edge.quant import quantize_model_folder
-    quantize_model_folder(sys.argv[1], bits=4, evaluate=False, method="rtn")
+    quantize_model_folder(sys.argv[1], 4, evaluate=False, method="rtn")
     print("DONE", flush=True)
 """)
 
@@ -325,5 +325,5 @@ def test_quantize_of_an_unreadable_fp32_model_is_a_quantize_error(tiny_model_dir
         (d / "model.onnx").write_bytes(os.urandom(3000))
     expected = "model.onnx: cannot read" if damage == "garbage graph" else "links"
     with pytest.raises(QuantizeError, match=expected):
-        quantize_model_folder(d, bits=4, evaluate=False, method="rtn")
+        quantize_model_folder(d, 4, evaluate=False, method="rtn")
     assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
