@@ -70,10 +70,10 @@ def quality_inputs(hf: Path, smoke: bool = False) -> dict[str, Any]:
     (quant/data/agreement_prompts.json), chat-templated, all tokenized by the model's own Hugging Face tokenizer."""
     from transformers import AutoTokenizer
 
-    from clova_edge.quant.report import evaluation_texts
+    from clova_edge.quant.report import TOKENS_PER_TEXT, evaluation_texts
 
     tok = AutoTokenizer.from_pretrained(hf)
-    texts = {k: tok(v, add_special_tokens=False).input_ids[:96 if smoke else None]
+    texts = {k: tok(v, add_special_tokens=False).input_ids[:96 if smoke else TOKENS_PER_TEXT]
              for k, v in evaluation_texts().items()}
     prompts = json.loads((ROOT / "quant" / "data" / "agreement_prompts.json").read_text(encoding="utf-8"))
     ids = [list(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,

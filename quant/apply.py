@@ -24,7 +24,7 @@ from clova_edge.runtime.errors import ClovaEdgeError, ManifestError, QuantizeErr
 from . import calibrate as C
 from .kvcache import calibrate_kv_scales, rewrite_int8_kv
 from .recipe import QuantSettings
-from .report import evaluation_ids, format_table, quality_report
+from .report import TOKENS_PER_TEXT, evaluation_ids, format_table, quality_report
 from .rewrite import Progress, rewrite_model, summarize
 
 QUANT_OPS = {"MatMulNBits", "GatherBlockQuantized", "DynamicQuantizeMatMul", "MatMulInteger",
@@ -133,7 +133,7 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
             "seconds": round(quant_seconds, 1), **summarize(records), "tensors": records}
         if settings.evaluate:
             say("evaluating fp32 vs quantized on the held-out evaluation texts")
-            quality = quality_report(manifest, evaluation_ids(manifest, settings.eval_tokens),
+            quality = quality_report(manifest, evaluation_ids(manifest, settings.eval_tokens or TOKENS_PER_TEXT),
                                      quantized_file=tmp / onnx_name, threads=settings.threads)
             quantization["quality"] = quality
             say(format_table(quality, name))

@@ -52,6 +52,11 @@ def candidates() -> dict[str, Recipe]:
             (r, "ends", Q8) for r in ("qkv", "o", "gate_up", "down"))),
         "gptq asym/128": mk("g1", default=Q4A, method="gptq"),
         "gptq asym/64": mk("g64", default=Q4A64, method="gptq"),
+        "gptq sym/128": mk("gs128", method="gptq"),
+        "gptq asym/128 + down asym/64": mk("g128d64", default=Q4A, method="gptq",
+                                           overrides=(("down", "all", Q4A64),)),
+        "gptq asym/128 + down 8-bit (ends)": mk("g128d8e", default=Q4A, method="gptq",
+                                                overrides=(("down", "ends", Q8),)),
         "gptq asym/64 + down,v 8-bit (more_bits)": mk("g64dv", default=Q4A64, method="gptq", overrides=DV8),
         "asym/64 + down,v 8-bit (more_bits)": mk("a64dv", default=Q4A64, overrides=DV8),
         "gptq asym/32 + down,v 8-bit (more_bits)": mk("g32dv", default=TensorRule(4, 32, False), method="gptq",
@@ -71,7 +76,7 @@ def bits_per_weight(records: list[dict]) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("folders", nargs="+", type=Path)
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="';'-separated candidate labels (default: all)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     results: dict = json.loads(a.out.read_text()) if a.out and a.out.is_file() else {}
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         model = onnx.load(str(folder / manifest.variants["fp32"].file))
         out = results.setdefault(str(folder), {})
         for label, recipe in candidates().items():
-            if a.only and not any(s in label for s in a.only.split(",")):
+            if a.only and label not in a.only.split(";"):
                 continue
             t1 = time.perf_counter()
             q, records = rewrite_model(model, recipe, importance=imp, hessians=hess)
