@@ -1,12 +1,13 @@
 """This machine's achievable memory read bandwidth, and the bandwidth a decode step achieves.
 
-The probe reads a buffer far larger than the caches (512 MiB by default), one slice per thread, and keeps the best
-of a few passes: that is the ceiling a decode step that streams its weights once per token can approach.
+The probe reads a buffer far larger than the caches (512 MiB by default), one slice per thread, and keeps
+the best of a few passes: that is the ceiling a decode step that streams its weights once per token can
+approach.
 It is a few lines of C (bandwidth_probe.c: 64-byte vector loads, compiled here with the system C compiler and
--march=native into the work cache) because numpy's reductions do not saturate memory: on the 2-core benchmark VM
-numpy reached 16.3 GB/s, scalar C loads 20-22 GB/s, vector loads 24-26 GB/s. Without a compiler it falls back to
-numpy and says so (`method`). It is a floor of what the machine can stream, not a hard ceiling: a model whose
-weights partly stay in a large last-level cache can exceed it.
+-march=native into the work cache) because numpy's reductions do not saturate memory: on the 2-core
+benchmark VM numpy reached 16.3 GB/s, scalar C loads 20-22 GB/s, vector loads 24-26 GB/s. Without a
+compiler it falls back to numpy and says so (`method`). It is a floor of what the machine can stream, not a
+hard ceiling: a model whose weights partly stay in a large last-level cache can exceed it.
 A decode step reads every weight that multiplies an activation once (the embedding lookup reads one row: not
 counted) plus the KV cache of the tokens so far; `achieved_gbs` turns bytes per token and tokens/s into GB/s.
 """
@@ -27,7 +28,8 @@ _SOURCE = Path(__file__).with_name("bandwidth_probe.c")
 
 
 def _compiled_probe(work: Path) -> ctypes.CDLL | None:
-    """The C probe as a shared library (built once per source version into `work`), or None without a compiler."""
+    """The C probe as a shared library (built once per source version into `work`), or None without a
+    compiler."""
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return None
@@ -37,7 +39,8 @@ def _compiled_probe(work: Path) -> ctypes.CDLL | None:
         work.mkdir(parents=True, exist_ok=True)
         tmp = lib.with_suffix(".so.part")
         for flags in (["-march=native"], []):   # some compilers/targets refuse -march=native
-            r = subprocess.run([cc, "-O3", *flags, "-shared", "-fPIC", "-pthread", str(_SOURCE), "-o", str(tmp)],
+            r = subprocess.run([cc, "-O3", *flags, "-shared", "-fPIC", "-pthread", str(_SOURCE),
+                                "-o", str(tmp)],
                                capture_output=True, text=True)
             if r.returncode == 0:
                 break
@@ -50,7 +53,8 @@ def _compiled_probe(work: Path) -> ctypes.CDLL | None:
     return probe
 
 
-def read_bandwidth(threads: int, *, mib: int = 512, passes: int = 5, work: Path | None = None) -> tuple[float, str]:
+def read_bandwidth(threads: int, *, mib: int = 512, passes: int = 5,
+                   work: Path | None = None) -> tuple[float, str]:
     """(best observed read bandwidth in GB/s = 1e9 bytes/s, "c" or "numpy") with `threads` threads on disjoint
     slices of one buffer."""
     raw = np.ones(mib * 2**20 // 8 + 8, np.uint64)

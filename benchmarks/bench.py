@@ -1,13 +1,15 @@
 """`make bench`: clova-edge and its peers on the same weights, same machine, same run -> benchmarks/results/.
 
-    python -m clova_edge.benchmarks.bench [--models full,smollm2] [--only SUBSTR,...] [--repetitions 3] [--smoke]
+    python -m clova_edge.benchmarks.bench [--models full,smollm2] [--only SUBSTR,...] [--repetitions 3]
+                                          [--smoke]
 
 Steps: install the peers (envs.py), build the test models (export/testmodels.py: the full-size random
-HyperCLOVAX-shaped model for speed, SmolLM2-135M-Instruct with real weights for perplexity), convert them for every
-runtime (prepare.py), probe this machine's read bandwidth, then run each runtime in its own process
-(peers/runner.py, protocol.py) one at a time, recording the load average with each result. Results are rewritten
-after every run (a partial run keeps what it measured; --resume skips rows already measured) and rendered by
-report.py. --smoke: the tiny model, PyTorch and clova-edge only, one repetition, short prompts (seconds).
+HyperCLOVAX-shaped model for speed, SmolLM2-135M-Instruct with real weights for perplexity), convert them
+for every runtime (prepare.py), probe this machine's read bandwidth, then run each runtime in its own
+process (peers/runner.py, protocol.py) one at a time, recording the load average with each result. Results
+are rewritten after every run (a partial run keeps what it measured; --resume skips rows already measured)
+and rendered by report.py. --smoke: the tiny model, PyTorch and clova-edge only, one repetition, short
+prompts (seconds).
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ AGREEMENT_PENALTY = 1.2                     # the HyperCLOVAX manifest's repetit
 
 def quality_inputs(hf: Path, smoke: bool = False) -> dict[str, Any]:
     """Spec fields of a quality run: the held-out texts (quant/report.py's) and the answer-agreement prompts
-    (quant/data/agreement_prompts.json), chat-templated, all tokenized by the model's own Hugging Face tokenizer."""
+    (quant/data/agreement_prompts.json), chat-templated, all tokenized by the model's own Hugging Face
+    tokenizer."""
     from transformers import AutoTokenizer
 
     from clova_edge.quant.report import TOKENS_PER_TEXT, evaluation_texts
@@ -97,7 +100,8 @@ def extra_recipe_folder(folder: Path, recipe: str, say: Callable[[str], None]) -
 
 def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
              clova_folder: Path | None = None, extra_recipes: tuple[str, ...] = EXTRA_RECIPES) -> list[Row]:
-    """Install/convert what `peers` need for model `name` and list its rows (a failing peer is reported, skipped).
+    """Install/convert what `peers` need for model `name` and list its rows (a failing peer is reported,
+    skipped).
     clova_folder: an already exported clova-edge folder to use instead of exporting hf."""
     work, logs, main = WORK / name, WORK / "logs" / name, Path(sys.executable)
     rows: list[Row] = []
@@ -111,8 +115,8 @@ def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
             say(f"[{name}] {what} skipped: {type(e).__name__}: {e}")
 
     if "torch_fp32" in peers:
-        attempt("PyTorch", lambda: [Row("PyTorch fp32", "torch_fp32", hf, main, prepare.hf_weight_bytes_fp32(hf), 4,
-                                        prepare.disk_bytes(hf))])
+        attempt("PyTorch", lambda: [Row("PyTorch fp32", "torch_fp32", hf, main,
+                                        prepare.hf_weight_bytes_fp32(hf), 4, prepare.disk_bytes(hf))])
     if "clova" in peers:
         def clova() -> list[Row]:
             folder = clova_folder or prepare.clova_model(hf, work / "clova", logs)
@@ -125,7 +129,8 @@ def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
                     kv_bytes = KV_DTYPE_BYTES[info.get("kv_dtype", "float32")]
                     label = f"clova-edge {recipe or v}"
                     out.append(Row(label, "clova", d, main, prepare.onnx_weight_bytes(f), kv_bytes,
-                                   sum(prepare.disk_bytes(d / x) for x in [info["file"], *info.get("data_files", [])]),
+                                   sum(prepare.disk_bytes(d / x)
+                                       for x in [info["file"], *info.get("data_files", [])]),
                                    variant=v))
             return out
         attempt("clova-edge", clova)
@@ -143,8 +148,9 @@ def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
         def llamacpp() -> list[Row]:
             llama = envs.install_llamacpp()
             paths = prepare.gguf_models(hf, work / "gguf", llama, logs)
-            return [Row(f"llama.cpp {q}", "llamacpp", paths[q], llama.python, prepare.gguf_weight_bytes(paths[q]),
-                        2, prepare.disk_bytes(paths[q]), env=llama.env()) for q in prepare.GGUF_TYPES]
+            return [Row(f"llama.cpp {q}", "llamacpp", paths[q], llama.python,
+                        prepare.gguf_weight_bytes(paths[q]), 2, prepare.disk_bytes(paths[q]), env=llama.env())
+                    for q in prepare.GGUF_TYPES]
         attempt("llama.cpp", llamacpp)
     if "optimum" in peers:
         def optimum() -> list[Row]:
@@ -165,7 +171,8 @@ def run_row(row: Row, spec: Spec, what: str, timeout: int) -> dict[str, Any]:
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_file.write_text(json.dumps(spec.to_dict()))
         cmd = [str(row.python), "-m", "clova_edge.benchmarks.peers.runner", row.peer, str(row.path),
-               str(spec_file), str(out_file), "--what", what] + (["--variant", row.variant] if row.variant else [])
+               str(spec_file), str(out_file), "--what", what] + (["--variant", row.variant]
+                                                                 if row.variant else [])
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=row.env, cwd=ROOT)
         except subprocess.TimeoutExpired:
@@ -188,7 +195,8 @@ def exit_reason(returncode: int) -> str:
 
 def describe(row: Row) -> dict[str, Any]:
     return {"label": row.label, "peer": row.peer, "path": str(row.path), "variant": row.variant,
-            "disk_bytes": row.disk, "weight_bytes_per_token": row.weight_bytes, "kv_elem_bytes": row.kv_elem_bytes}
+            "disk_bytes": row.disk, "weight_bytes_per_token": row.weight_bytes,
+            "kv_elem_bytes": row.kv_elem_bytes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in models:
         hf = build(name)
         rows = rows_for(name, hf, peers, say, a.clova_model, () if a.smoke else EXTRA_RECIPES)
-        # the fp32 row first: it writes the reference log-probs and answers the other quality rows compare with
+        # the fp32 row first: it writes the reference log-probs and answers the other quality rows
+        # compare with
         rows.sort(key=lambda r: r.label != "clova-edge fp32")
         results["install_seconds"] = envs.install_seconds()
         entry = models_out.setdefault(name, {"rows": {}})
@@ -254,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in rec["result"]:
                 say(f"  failed: {rec['result']['error'][-300:]}")
             report.write_all(results, a.out)
-        wanted = a.llama_bench if a.llama_bench is not None else ("" if only else ",".join(prepare.GGUF_TYPES))
+        wanted = (a.llama_bench if a.llama_bench is not None
+                  else ("" if only else ",".join(prepare.GGUF_TYPES)))
         types = [t for t in wanted.split(",") if t]
         if name == "full" and types:
             picked = [r for r in rows if r.peer == "llamacpp" and r.label.split()[-1] in types]
@@ -269,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def llama_bench(rows: list[Row], threads: int, reps: int) -> list[dict[str, Any]]:
-    """llama.cpp's own benchmark on each GGUF: pp512, tg64 at depth 0 and 3500 (a cross-check of the binding)."""
+    """llama.cpp's own benchmark on each GGUF: pp512, tg64 at depth 0 and 3500 (a cross-check of the
+    binding)."""
     out = []
     for row in rows:
         tool = Path(row.env["LLAMA_CPP_LIB_PATH"]) / "llama-bench"

@@ -1,15 +1,18 @@
-"""Install the peers the benchmark compares against, each where its pins cannot clash (benchmarks/.peers/, ignored).
+"""Install the peers the benchmark compares against, each where its pins cannot clash (benchmarks/.peers/,
+ignored).
 
-  venv-ortgenai  onnxruntime-genai (its model builder needs transformers 5.x, onnx-ir: taken from the main venv)
+  venv-ortgenai  onnxruntime-genai (its model builder needs transformers 5.x, onnx-ir: taken from the main
+                 venv)
   venv-optimum   optimum-onnx[onnxruntime] (pins transformers < 4.58: its own copy shadows the main venv's)
-  venv-llamacpp  llama-cpp-python's Python package from its PyPI sdist, bound to our own build of the llama.cpp it
-                 carries (vendor/llama.cpp): llama-bench, llama-quantize, llama-perplexity and the shared libraries
-A peer venv reaches the main venv's packages (torch, transformers, numpy, clova_edge itself) through a .pth file
-that adds the main site-packages AFTER its own, so only what a peer pins is installed twice.
+  venv-llamacpp  llama-cpp-python's Python package from its PyPI sdist, bound to our own build of the
+                 llama.cpp it carries (vendor/llama.cpp): llama-bench, llama-quantize, llama-perplexity and
+                 the shared libraries
+A peer venv reaches the main venv's packages (torch, transformers, numpy, clova_edge itself) through a .pth
+file that adds the main site-packages AFTER its own, so only what a peer pins is installed twice.
 
-llama.cpp is built with -DGGML_NATIVE=OFF and each x86 feature switched on from what /proc/cpuinfo reports (AMX
-always off: one of these VMs advertises AMX but faults on it). The build folder is keyed by those switches, so a
-build made on another CPU is never reused. Each step leaves a stamp
+llama.cpp is built with -DGGML_NATIVE=OFF and each x86 feature switched on from what /proc/cpuinfo reports
+(AMX always off: one of these VMs advertises AMX but faults on it). The build folder is keyed by those
+switches, so a build made on another CPU is never reused. Each step leaves a stamp
 and is skipped when its stamp exists; the seconds each install took go to .peers/install_seconds.json.
 """
 
@@ -30,11 +33,13 @@ from pathlib import Path
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 LLAMA_TARGETS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama")
 # ggml's CMake switch -> the /proc/cpuinfo flags the CPU must report for it to be ON. Machines of "one kind"
-# differ (an Intel Xeon with AVX-512 VNNI, an AMD EPYC with AVX2 only), so the build follows the CPU it runs on.
-# AMX stays off whatever the CPU says: this VM's Xeon advertises AMX but faults on it (SIGILL on quantized models).
+# differ (an Intel Xeon with AVX-512 VNNI, an AMD EPYC with AVX2 only), so the build follows the CPU it runs
+# on. AMX stays off whatever the CPU says: this VM's Xeon advertises AMX but faults on it (SIGILL on quantized
+# models).
 X86_FEATURES = {"GGML_AVX": ("avx",), "GGML_AVX2": ("avx2",), "GGML_FMA": ("fma",), "GGML_F16C": ("f16c",),
                 "GGML_BMI2": ("bmi2",),
-                "GGML_AVX512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),  # ggml's -mavx512* set
+                # ggml's -mavx512* set
+                "GGML_AVX512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
                 "GGML_AVX512_VNNI": ("avx512_vnni",), "GGML_AVX512_BF16": ("avx512_bf16",),
                 "GGML_AVX512_VBMI": ("avx512vbmi",), "GGML_AVX_VNNI": ("avx_vnni",)}
 NEVER_ON = ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")
@@ -86,8 +91,8 @@ def _run(cmd: list[str], log: Path, *, cwd: Path | None = None, env: dict | None
     with log.open("a") as f:
         f.write(f"$ {' '.join(map(str, cmd))}\n")
         f.flush()
-        rc = subprocess.call(["nice", "-n", "10", *map(str, cmd)], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
-                             env=env)
+        rc = subprocess.call(["nice", "-n", "10", *map(str, cmd)], stdout=f, stderr=subprocess.STDOUT,
+                             cwd=cwd, env=env)
     if rc != 0:
         raise InstallError(f"{cmd[0]} {cmd[1] if len(cmd) > 1 else ''} failed (exit {rc}); see {log}")
 
@@ -105,7 +110,8 @@ def install_seconds() -> dict[str, float]:
 
 
 def _site_packages(python: Path) -> str:
-    out = subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    out = subprocess.check_output([str(python), "-c",
+                                   "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
     return out.decode().strip()
 
 
@@ -135,8 +141,8 @@ def _fetch_sdist(log: Path) -> Path:
     if found:
         return found[-1].parents[2]
     src.mkdir(parents=True, exist_ok=True)
-    _run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps", LLAMA_CPP_PYTHON,
-          "-d", src], log)
+    _run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
+          LLAMA_CPP_PYTHON, "-d", src], log)
     archive = next(src.glob("llama_cpp_python-*.tar.gz"))
     with tarfile.open(archive) as tar:
         tar.extractall(src, filter="data")

@@ -2,12 +2,12 @@
 
     python -m clova_edge.benchmarks.gguf_convert CONVERT_SCRIPT HF_FOLDER OUT.gguf [--pre NAME]
 
-The converter names a model's BPE pre-tokenizer by hashing how the tokenizer splits a fixed text, and stops on a
-hash it does not know. The project's HyperCLOVAX tokenizer stand-in (cl100k_base with HyperCLOVAX's special
-tokens) is not in its table, so when (and only when) the hash is unknown this wrapper answers with --pre (default
-"dbrx": llama.cpp's pre-tokenizer with the cl100k_base split pattern). Nothing else about the conversion changes,
-and the speed figures do not depend on the tokenizer; perplexity is computed on ids from the model's own
-Hugging Face tokenizer, not llama.cpp's.
+The converter names a model's BPE pre-tokenizer by hashing how the tokenizer splits a fixed text, and stops
+on a hash it does not know. The project's HyperCLOVAX tokenizer stand-in (cl100k_base with HyperCLOVAX's
+special tokens) is not in its table, so when (and only when) the hash is unknown this wrapper answers with
+--pre (default "dbrx": llama.cpp's pre-tokenizer with the cl100k_base split pattern). Nothing else about the
+conversion changes, and the speed figures do not depend on the tokenizer; perplexity is computed on ids
+from the model's own Hugging Face tokenizer, not llama.cpp's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--outtype", default="f16")
-    ap.add_argument("--pre", default="dbrx", help="pre-tokenizer to use when the converter does not know the hash")
+    ap.add_argument("--pre", default="dbrx",
+                    help="pre-tokenizer to use when the converter does not know the hash")
     a = ap.parse_args(argv)
     root = a.script.resolve().parent
     sys.path[:0] = [str(root), str(root / "gguf-py")]

@@ -2,11 +2,11 @@
 
   gguf      convert_hf_to_gguf (f16) then llama-quantize: Q4_0, Q4_K_M, Q8_0
   ortgenai  onnxruntime-genai's model builder: -p int4 / int8, CPU, accuracy level 4
-  optimum   optimum's text-generation-with-past ONNX export (fp32; --no-post-process: > 2 GB graphs), and the same
-            quantized with onnxruntime dynamic INT8 (optimum's own quantizer, AVX-512 VNNI config)
+  optimum   optimum's text-generation-with-past ONNX export (fp32; --no-post-process: > 2 GB graphs), and the
+            same quantized with onnxruntime dynamic INT8 (optimum's own quantizer, AVX-512 VNNI config)
   clova     `clova-edge export` (fp32 + int8 + int4)
-Each function skips work whose output exists and returns paths; `disk_bytes` and `weight_bytes_per_token` measure
-what the results report. Outputs go under the caller's work folder (.cache/bench/, ignored).
+Each function skips work whose output exists and returns paths; `disk_bytes` and `weight_bytes_per_token`
+measure what the results report. Outputs go under the caller's work folder (.cache/bench/, ignored).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def _run(cmd: list, log: Path, env: dict | None = None) -> None:
     with log.open("a") as f:
         f.write(f"$ {' '.join(map(str, cmd))}\n")
         f.flush()
-        rc = subprocess.call(["nice", "-n", "10", *map(str, cmd)], stdout=f, stderr=subprocess.STDOUT, env=env)
+        rc = subprocess.call(["nice", "-n", "10", *map(str, cmd)], stdout=f, stderr=subprocess.STDOUT,
+                             env=env)
     if rc != 0:
         raise RuntimeError(f"{Path(str(cmd[0])).name} failed (exit {rc}); see {log}")
 
@@ -50,8 +51,8 @@ def gguf_models(hf: Path, out: Path, llama: LlamaCpp, logs: Path) -> dict[str, P
 
 def ortgenai_model(hf: Path, out: Path, python: Path, precision: str, logs: Path) -> Path:
     if not (out / "genai_config.json").is_file():
-        _run([python, "-m", "onnxruntime_genai.models.builder", "-m", hf, "-o", out, "-p", precision, "-e", "cpu",
-              "-c", out.parent / "hf-cache", "--extra_options", "int4_accuracy_level=4"],
+        _run([python, "-m", "onnxruntime_genai.models.builder", "-m", hf, "-o", out, "-p", precision,
+              "-e", "cpu", "-c", out.parent / "hf-cache", "--extra_options", "int4_accuracy_level=4"],
              logs / f"ortgenai-{precision}.log")
     return out
 

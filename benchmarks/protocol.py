@@ -1,11 +1,13 @@
 """The fixed measurement protocol every runtime goes through, and the adapter shape a runtime must offer.
 
-A runtime (clova-edge or a peer) is wrapped in an Adapter: `load(threads)`; `generate(prompt_ids, n) -> arrival
-times` runs the runtime's OWN generation loop greedily from a fresh state (EOS ignored) and returns the
-perf_counter() time at which each of the n new tokens became available; optionally `logits(ids) -> (S, V)`
-for perplexity. `measure(adapter, spec)` times every runtime the same way:
+A runtime (clova-edge or a peer) is wrapped in an Adapter: `load(threads)`;
+`generate(prompt_ids, n) -> arrival times` runs the runtime's OWN generation loop greedily from a fresh
+state (EOS ignored) and returns the perf_counter() time at which each of the n new tokens became
+available; optionally `logits(ids) -> (S, V)` for perplexity. `measure(adapter, spec)` times every runtime
+the same way:
   load        seconds to construct the model (page cache warm: the files were just written or read)
-  ttft        from the call to the first token, for prompts of P synthetic tokens (each P in spec.prompt_lengths)
+  ttft        from the call to the first token, for prompts of P synthetic tokens (each P in
+              spec.prompt_lengths)
   decode      gaps between consecutive tokens after a short prompt and after spec.long_context tokens;
               tok/s = 1 / median gap (the spread: from the 10th/90th percentile gaps)
   peak_rss    the runner process's peak resident memory over everything above (one process per runtime)
@@ -40,10 +42,12 @@ class Spec:
     long_context: int = 3500           # decode measured with this many tokens already in the cache
     long_decode_tokens: int = 32
     perplexity_window: int = 512
-    eval_texts: dict = field(default_factory=dict)   # {text name: ids (the model's own tokenizer)}; {}: no quality
+    # {text name: ids (the model's own tokenizer)}; {}: no quality
+    eval_texts: dict = field(default_factory=dict)
     reference_dir: str = ""            # where the fp32 reference log-probs are (or, write_reference, go)
     write_reference: bool = False
-    agreement_prompts: tuple = ()      # chat-templated prompt ids for answer agreement (benchmarks/quality.py)
+    # chat-templated prompt ids for answer agreement (benchmarks/quality.py)
+    agreement_prompts: tuple = ()
     agreement_tokens: int = 32
     repetition_penalty: float = 1.0
     stop_ids: tuple[int, ...] = ()
@@ -52,7 +56,8 @@ class Spec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Spec":
-        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in cls.__dataclass_fields__}
+        known = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()
+                 if k in cls.__dataclass_fields__}
         return cls(**known)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,7 +122,8 @@ def _time_decode(adapter: Adapter, context: int, steps: int, spec: Spec, salt: i
     """Seconds between consecutive tokens over `steps` decode steps after a prompt of `context` tokens."""
     arrivals = adapter.generate(synthetic_prompt(context, spec, salt=salt), steps + 1)
     if len(arrivals) != steps + 1:
-        raise RuntimeError(f"the runtime produced {len(arrivals)} tokens, {steps + 1} were asked (stopped early?)")
+        raise RuntimeError(f"the runtime produced {len(arrivals)} tokens, "
+                           f"{steps + 1} were asked (stopped early?)")
     return np.diff(np.asarray(arrivals)).tolist()
 
 
@@ -128,18 +134,22 @@ def _decode_figures(times: list[float]) -> dict[str, Any]:
             "step_ms": asdict(Summary.of([t * 1e3 for t in times]))}
 
 
-def measure(adapter: Adapter, spec: Spec, *, what: Sequence[str] = ("ttft", "decode", "long")) -> dict[str, Any]:
+def measure(adapter: Adapter, spec: Spec, *,
+            what: Sequence[str] = ("ttft", "decode", "long")) -> dict[str, Any]:
     """Run the protocol on `adapter`; returns plain JSON-ready figures."""
-    spec_out = {**spec.to_dict(), "eval_texts": {k: len(v) for k, v in spec.eval_texts.items()},   # counts,
-                "agreement_prompts": len(spec.agreement_prompts)}                                  # not the ids
+    # eval_texts and agreement_prompts: counts, not the ids
+    spec_out = {**spec.to_dict(), "eval_texts": {k: len(v) for k, v in spec.eval_texts.items()},
+                "agreement_prompts": len(spec.agreement_prompts)}
     res: dict[str, Any] = {"spec": spec_out, "load_avg_start": load_average()}
     t0 = time.perf_counter()
     adapter.load(spec.threads)
     res["load_s"] = time.perf_counter() - t0
     res["rss_after_load_mb"] = peak_rss_mb()
-    adapter.generate(synthetic_prompt(16, spec, salt=999), 4)     # warm-up (allocations, first-run graph work)
+    # warm-up (allocations, first-run graph work)
+    adapter.generate(synthetic_prompt(16, spec, salt=999), 4)
     if "ttft" in what:
-        res["ttft_s"] = {str(n): asdict(Summary.of(_time_ttft(adapter, n, spec))) for n in spec.prompt_lengths}
+        res["ttft_s"] = {str(n): asdict(Summary.of(_time_ttft(adapter, n, spec)))
+                         for n in spec.prompt_lengths}
     if "decode" in what:
         times: list[float] = []
         for r in range(spec.repetitions):

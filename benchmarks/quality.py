@@ -1,11 +1,13 @@
 """Quality figures every runtime gets the same way (numpy only: runners import it inside peer environments).
 
-  texts       per held-out evaluation text (quant/data/eval/): perplexity over independent windows of 512 tokens,
-              every position but a window's first scored; with a reference (the fp32 row, written first):
-              mean KL(reference || this) and top-1 agreement of the next-token distributions, position by position
+  texts       per held-out evaluation text (quant/data/eval/): perplexity over independent windows of 512
+              tokens, every position but a window's first scored; with a reference (the fp32 row, written
+              first): mean KL(reference || this) and top-1 agreement of the next-token distributions,
+              position by position
   agreement   greedy answers to fixed chat prompts with Hugging Face's repetition penalty applied to every
               runtime's logits by this module (so the comparison measures the format, not each runtime's own
-              sampler), up to `tokens` new tokens or an end-of-turn id; the report compares them to the fp32 row's
+              sampler), up to `tokens` new tokens or an end-of-turn id; the report compares them to the fp32
+              row's
 The reference row stores its log-probabilities as float16 .npy files (one per text, windows concatenated).
 """
 
@@ -62,14 +64,16 @@ def evaluate_texts(logits_fn: LogitsFn, texts: dict[str, Sequence[int]], window:
     folder = Path(reference_dir) if reference_dir else None
     for name, ids in texts.items():
         ref_file = folder / f"{name}.npy" if folder else None
-        ref = np.load(ref_file, mmap_mode="r") if ref_file and ref_file.is_file() and not write_reference else None
+        ref = (np.load(ref_file, mmap_mode="r")
+               if ref_file and ref_file.is_file() and not write_reference else None)
         keep: list | None = [] if write_reference and folder else None
         out[name] = text_figures(logits_fn, np.asarray(ids, np.int64), window, ref, keep)
         if keep is not None:
             folder.mkdir(parents=True, exist_ok=True)
             np.save(ref_file, np.concatenate(keep))
     n = sum(r["tokens"] for r in out.values())
-    total: dict[str, Any] = {"tokens": n, "perplexity": float(np.exp(sum(r["nll"] for r in out.values()) / n))}
+    total: dict[str, Any] = {"tokens": n,
+                             "perplexity": float(np.exp(sum(r["nll"] for r in out.values()) / n))}
     if all("mean_kl" in r for r in out.values()):
         total["mean_kl"] = sum(r["mean_kl"] * r["tokens"] for r in out.values()) / n
         total["top1_agreement"] = sum(r["top1_agreement"] * r["tokens"] for r in out.values()) / n
@@ -104,7 +108,8 @@ def greedy_answer(start: Callable[[list[int]], np.ndarray], step: Callable[[int]
 
 
 def recompute_steps(logits_fn: LogitsFn) -> tuple[Callable, Callable]:
-    """start/step for a runtime that only offers full-sequence logits (each step reruns the whole sequence)."""
+    """start/step for a runtime that only offers full-sequence logits (each step reruns the whole
+    sequence)."""
     state: list[int] = []
 
     def start(prompt: list[int]) -> np.ndarray:

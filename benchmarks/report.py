@@ -1,8 +1,9 @@
-"""Render benchmark results: bench.json (everything), bench.md (the tables the README shows), bench.png (chart).
+"""Render benchmark results: bench.json (everything), bench.md (the tables the README shows), bench.png
+(chart).
 
-Pure functions from the results dict to text/figures (the quality side: report_quality.py); `write_all` writes them
-(bench-quality.png too) atomically enough for a
-run that rewrites them after every row (write to a temporary name, then rename).
+Pure functions from the results dict to text/figures (the quality side: report_quality.py); `write_all`
+writes them (bench-quality.png too) atomically enough for a run that rewrites them after every row (write
+to a temporary name, then rename).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def speed_table(results: dict[str, Any], name: str) -> str:
                             for bw in bws)
         cells = [label, _fmt(rec["disk_bytes"] / MB, 0), _fmt(r.get("load_s"), 2)]
         cells += [_spread(_get(r, "ttft_s", n)) for n in lengths]
-        cells += [f"{_fmt(ds.get('tok_s'))} ({_fmt(ds.get('tok_s_low'))}-{_fmt(ds.get('tok_s_high'))})" if ds else "-",
-                  f"{_fmt(dl.get('tok_s'))} ({_fmt(dl.get('tok_s_low'))}-{_fmt(dl.get('tok_s_high'))})" if dl else "-",
+        cells += [(f"{_fmt(ds.get('tok_s'))} ({_fmt(ds.get('tok_s_low'))}-{_fmt(ds.get('tok_s_high'))})"
+                   if ds else "-"),
+                  (f"{_fmt(dl.get('tok_s'))} ({_fmt(dl.get('tok_s_low'))}-{_fmt(dl.get('tok_s_high'))})"
+                   if dl else "-"),
                   _fmt(r.get("peak_rss_mb"), 0), bw_txt, _load(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -109,7 +112,8 @@ MODEL_SHAPES = {"full": {"layers": 24, "kv_heads": 8, "head_dim": 128},
 
 def markdown(results: dict[str, Any]) -> str:
     m, bw, spec = results.get("machine", {}), results.get("bandwidth_gbs", {}), results["spec"]
-    out = [f"Machine: {m.get('cpu')}, {m.get('cpus')} CPUs, {m.get('memory_mib')} MiB; measured read bandwidth "
+    out = [f"Machine: {m.get('cpu')}, {m.get('cpus')} CPUs, {m.get('memory_mib')} MiB; "
+           "measured read bandwidth "
            f"{_fmt(bw.get('1'))} GB/s (1 thread), {_fmt(bw.get('2'))} GB/s (2 threads; "
            f"{results.get('bandwidth_probe', 'numpy')} probe). {spec['threads']} threads, "
            f"{spec['repetitions']} repetitions; cells are median (10th-90th percentile or min-max).", ""]
@@ -121,20 +125,23 @@ def markdown(results: dict[str, Any]) -> str:
                 out += [f"### {name}: thread scaling 1 -> 2", "", scaling, ""]
         lb = llama_bench_table(results["models"][name])
         if lb:
-            out += [f"### {name}: llama-bench (llama.cpp's own benchmark, same build and threads)", "", lb, ""]
+            out += [f"### {name}: llama-bench (llama.cpp's own benchmark, same build and threads)", "",
+                    lb, ""]
         quality = RQ.quality_table(results, name)
         if quality:
             note = RQ.GRID_NOTE.get(name, "")
             out += [f"### {name}: quality on the held-out texts of quant/data/eval/ (windows of "
                     f"{spec['perplexity_window']}; against {RQ.REFERENCE}){': ' + note if note else ''}", "",
                     "Answers = fp32: share of the agreement prompts whose greedy answer (repetition penalty "
-                    f"{spec.get('repetition_penalty', 1.0)}, up to {spec.get('agreement_tokens', 32)} tokens) equals "
+                    f"{spec.get('repetition_penalty', 1.0)}, up to "
+                    f"{spec.get('agreement_tokens', 32)} tokens) equals "
                     "the fp32 model's.", "", quality, ""]
     goals = RQ.targets_table(results)
     if goals:
         out += ["### Targets of the INT4 quality issue (rows of this run)", "", goals, ""]
     if results.get("install_seconds"):
-        out += ["Install times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["install_seconds"].items()), ""]
+        out += ["Install times (s): "
+                + ", ".join(f"{k} {v:.0f}" for k, v in results["install_seconds"].items()), ""]
     return "\n".join(out)
 
 
@@ -156,7 +163,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     ax1.set_yticks(list(y), labels)
     ax1.set_xlabel("decode tokens/s (higher is better)")
     ax1.legend(loc="lower right")
-    n = "512" if "512" in {str(x) for x in results["spec"]["prompt_lengths"]} else str(results["spec"]["prompt_lengths"][0])
+    n = ("512" if "512" in {str(x) for x in results["spec"]["prompt_lengths"]}
+         else str(results["spec"]["prompt_lengths"][0]))
     ax2.barh(list(y), [_get(r, "ttft_s", n, "median") or 0 for r in rows.values()], color="tab:green")
     ax2.set_yticks(list(y), [""] * len(labels))
     ax2.set_xlabel(f"time to first token, {n}-token prompt, s (lower is better)")

@@ -1,8 +1,9 @@
 """Render the quality side of the benchmark: a table per evaluation model, the quality-vs-speed chart, and the
 targets of the INT4 quality issue computed from rows of one run.
 
-Reference of every delta, KL, top-1 and answer agreement: the "clova-edge fp32" row of the same model (the exported
-fp32 graph, equal to PyTorch fp32 within 2e-4 on the logits; its PyTorch row is in the table to show it).
+Reference of every delta, KL, top-1 and answer agreement: the "clova-edge fp32" row of the same model (the
+exported fp32 graph, equal to PyTorch fp32 within 2e-4 on the logits; its PyTorch row is in the table to
+show it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def _rows(results: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
 
 
 def row_quality(results: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
-    """{label: {ppl, delta_pct per text and 'all', mean_kl, top1, agreement, disk_mb}} against the reference."""
+    """{label: {ppl, delta_pct per text and 'all', mean_kl, top1, agreement, disk_mb}} against the
+    reference."""
     rows = _rows(results, name)
     ref = rows.get(REFERENCE, {}).get("result", {})
     ref_q, ref_answers = ref.get("quality", {}), ref.get("answers")
@@ -52,7 +54,8 @@ def quality_table(results: dict[str, Any], name: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, f in figures.items():
         d = f["delta_pct"]
-        cells = [label, f"{f['disk_mb']:.0f}", f"{f['ppl']:.3f}", _pct(d.get("all"))] + [_pct(d.get(t)) for t in texts]
+        cells = ([label, f"{f['disk_mb']:.0f}", f"{f['ppl']:.3f}", _pct(d.get("all"))]
+                 + [_pct(d.get(t)) for t in texts])
         cells += ["-" if f["mean_kl"] is None else f"{f['mean_kl']:.4f}",
                   "-" if f["top1"] is None else f"{100 * f['top1']:.1f}%",
                   "-" if f["agreement"] is None else f"{100 * f['agreement']:.0f}%"]
@@ -120,7 +123,8 @@ def quality_speed_chart(results: dict[str, Any], path: Path, name: str = "smollm
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for label, tok_s, delta, disk in pts:
-        ax.scatter(delta, tok_s, s=disk / 4, alpha=0.6, color="tab:red" if label.startswith("clova") else "tab:blue")
+        ax.scatter(delta, tok_s, s=disk / 4, alpha=0.6,
+                   color="tab:red" if label.startswith("clova") else "tab:blue")
         ax.annotate(label, (delta, tok_s), fontsize=8, xytext=(5, 3), textcoords="offset points")
     ax.set_xlabel(f"perplexity increase over fp32, {name}, held-out texts (%; lower is better)")
     ax.set_ylabel("decode tokens/s, full-size HyperCLOVAX shape, short context (higher is better)")

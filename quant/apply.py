@@ -1,10 +1,12 @@
-"""Quantize an exported model folder: its fp32 variant -> an INT4 or INT8 variant beside it, per QuantSettings.
+"""Quantize an exported model folder: its fp32 variant -> an INT4 or INT8 variant beside it, per
+QuantSettings.
 
 Steps: read the fp32 graph and weights; measure the calibration statistics the recipe's method needs
-(quant/calibrate.py, on the calibration text only); rewrite the graph (quant/rewrite.py); switch the KV cache to
-int8 with calibrated scales if the recipe says so (quant/kvcache.py); write model.int{4,8}.onnx + .onnx.data into a
-temporary folder; evaluate it against fp32 on the held-out texts (quant/report.py); then rename the files into place
-and replace manifest.json last (runtime/manifest.py writes it), so a crash never leaves a half-listed variant.
+(quant/calibrate.py, on the calibration text only); rewrite the graph (quant/rewrite.py); switch the KV
+cache to int8 with calibrated scales if the recipe says so (quant/kvcache.py); write model.int{4,8}.onnx +
+.onnx.data into a temporary folder; evaluate it against fp32 on the held-out texts (quant/report.py); then
+rename the files into place and replace manifest.json last (runtime/manifest.py writes it), so a crash
+never leaves a half-listed variant.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ def _already_quantized(model: onnx.ModelProto) -> str | None:
     return next((n.op_type for n in model.graph.node if n.op_type in QUANT_OPS), None)
 
 
-def memory_estimate(manifest: mf.Manifest, weight_bytes: int, kv_dtype: str, context: int = 4096) -> dict[str, int]:
+def memory_estimate(manifest: mf.Manifest, weight_bytes: int, kv_dtype: str,
+                    context: int = 4096) -> dict[str, int]:
     """Expected resident bytes: weights (the data file) + a KV cache of `context` tokens."""
     ctx = min(context, manifest.config.context_length)
     kv = mf.kv_cache_bytes(manifest.config, kv_dtype, ctx)
-    return {"weights_bytes": weight_bytes, "kv_cache_bytes": kv, "context": ctx, "total_bytes": weight_bytes + kv}
+    return {"weights_bytes": weight_bytes, "kv_cache_bytes": kv, "context": ctx,
+            "total_bytes": weight_bytes + kv}
 
 
 def _load_fp32(folder: Path) -> tuple[mf.Manifest, onnx.ModelProto]:
@@ -48,7 +52,8 @@ def _load_fp32(folder: Path) -> tuple[mf.Manifest, onnx.ModelProto]:
     except ManifestError as e:
         raise QuantizeError(f"{folder}: cannot quantize, no usable manifest.json ({e})") from None
     if "fp32" not in manifest.variants:
-        raise QuantizeError(f"{folder}: has no fp32 variant to quantize (variants: {', '.join(manifest.variants)});"
+        raise QuantizeError(f"{folder}: has no fp32 variant to quantize "
+                            f"(variants: {', '.join(manifest.variants)});"
                             " re-export the model")
     src = folder / manifest.variants["fp32"].file
     try:
@@ -61,8 +66,8 @@ def _load_fp32(folder: Path) -> tuple[mf.Manifest, onnx.ModelProto]:
     try:
         onnx.load_external_data_for_model(model, str(src.parent))
     except Exception as e:  # e.g. onnx refuses external data that is a symlink or has several hard links
-        raise QuantizeError(f"{folder}: cannot read the fp32 weights ({str(e)[:200]}); if they are links, copy "
-                            "the files instead, else re-export the model") from None
+        raise QuantizeError(f"{folder}: cannot read the fp32 weights ({str(e)[:200]}); "
+                            "if they are links, copy the files instead, else re-export the model") from None
     return manifest, model
 
 
@@ -75,7 +80,8 @@ def _calibration(manifest: mf.Manifest, settings: QuantSettings, say) -> tuple[A
         ids = C.calibration_ids(manifest, settings.calibration_tokens)
     except ClovaEdgeError as e:   # e.g. a tokenizer.json the runtime tokenizer cannot read
         raise QuantizeError(f"{manifest.folder}: the calibration text could not be tokenized ({e}); method "
-                            f"{r.method} and an int8 KV cache need it: choose --recipe with method search") from None
+                            f"{r.method} and an int8 KV cache need it: "
+                            "choose --recipe with method search") from None
     if r.method == "gptq":
         say("calibration: activation covariances (GPTQ)")
         hessians = C.activation_hessians(manifest, ids, threads=settings.threads)
@@ -90,10 +96,10 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
                           progress: Progress = None, **make: Any) -> dict[str, Any]:
     """Quantize the fp32 variant of an exported folder; returns the new manifest variant entry.
 
-    settings: a QuantSettings, or the bits (4 or 8) of a default recipe with QuantSettings.make's words in `make`
-    (recipe=, block_size=, kv_cache=, method=, evaluate=, eval_tokens=, calibration_tokens=).
-    out_folder None writes the variant into `folder`; otherwise a new folder holding the manifest, the tokenizer
-    files and only the new variant is created (atomically).
+    settings: a QuantSettings, or the bits (4 or 8) of a default recipe with QuantSettings.make's words in
+    `make` (recipe=, block_size=, kv_cache=, method=, evaluate=, eval_tokens=, calibration_tokens=).
+    out_folder None writes the variant into `folder`; otherwise a new folder holding the manifest, the
+    tokenizer files and only the new variant is created (atomically).
     """
     if not isinstance(settings, QuantSettings):
         settings = QuantSettings.make(bits=settings, **make)
@@ -105,7 +111,8 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
     t0 = time.perf_counter()
     manifest, model = _load_fp32(folder)
     ids, importance, hessians = _calibration(manifest, settings, say)
-    qmodel, records = rewrite_model(model, recipe, importance=importance, hessians=hessians, progress=progress)
+    qmodel, records = rewrite_model(model, recipe, importance=importance, hessians=hessians,
+                                    progress=progress)
     del model, hessians
     if recipe.kv_cache == "int8":
         say("calibration: int8 KV cache scales")
@@ -118,8 +125,8 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent if out_folder else folder))
     try:
         say(f"writing {onnx_name}")
-        onnx.save_model(qmodel, str(tmp / onnx_name), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
+        onnx.save_model(qmodel, str(tmp / onnx_name), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
         del qmodel
         for f in (onnx_name, data_name):
             os.chmod(tmp / f, 0o644)
@@ -133,7 +140,8 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
             "seconds": round(quant_seconds, 1), **summarize(records), "tensors": records}
         if settings.evaluate:
             say("evaluating fp32 vs quantized on the held-out evaluation texts")
-            quality = quality_report(manifest, evaluation_ids(manifest, settings.eval_tokens or TOKENS_PER_TEXT),
+            quality = quality_report(manifest,
+                                     evaluation_ids(manifest, settings.eval_tokens or TOKENS_PER_TEXT),
                                      quantized_file=tmp / onnx_name, threads=settings.threads)
             quantization["quality"] = quality
             say(format_table(quality, name))

@@ -1,8 +1,9 @@
 """Calibration: the text every quantization statistic is measured on, and the statistics themselves.
 
-The calibration text is quant/data/calib*.txt (Korean prose from the first release, and a mixed English/code/Korean
-text). It is kept apart from the evaluation texts of quant/report.py (quant/data/eval/): no activation statistic,
-KV-cache scale or recipe choice reads those, so the quality report measures text the quantizer never saw.
+The calibration text is quant/data/calib*.txt (Korean prose from the first release, and a mixed
+English/code/Korean text). It is kept apart from the evaluation texts of quant/report.py (quant/data/eval/):
+no activation statistic, KV-cache scale or recipe choice reads those, so the quality report measures text
+the quantizer never saw.
 Statistics: per-input-channel activation energy E[x^2] of every linear's input (the activation-aware method of
 quant/apply.py) and the covariance E[x x^T] (GPTQ), from the fp32 graph with those tensors added as outputs.
 """
@@ -54,19 +55,22 @@ def calibration_ids(manifest: Manifest, limit: int | None = None) -> np.ndarray:
 
 def activation_importance(manifest: Manifest, ids: np.ndarray, *, threads: int = 2) -> dict[str, np.ndarray]:
     """{activation tensor name: E[x_k^2] over tokens, [K]} for the input of every quantizable linear."""
-    sums, count = _activation_sums(manifest, ids, lambda x: np.square(x.astype(np.float64)).sum(axis=0), threads)
+    sums, count = _activation_sums(manifest, ids, lambda x: np.square(x.astype(np.float64)).sum(axis=0),
+                                   threads)
     return {a: (s / max(count, 1)).astype(np.float32) for a, s in sums.items()}
 
 
 def activation_hessians(manifest: Manifest, ids: np.ndarray, *, threads: int = 2) -> dict[str, np.ndarray]:
-    """{activation tensor name: H = mean over tokens of x x^T, [K, K] float32}: what GPTQ (quant/gptq.py) weighs
-    each layer's output error with. About 2 GB for HyperCLOVAX-0.5B (24 layers, K up to 4096)."""
-    # float32 sums: a few thousand tokens lose nothing that matters to a damped inverse; float64 doubles the 2 GB
+    """{activation tensor name: H = mean over tokens of x x^T, [K, K] float32}: what GPTQ (quant/gptq.py)
+    weighs each layer's output error with. About 2 GB for HyperCLOVAX-0.5B (24 layers, K up to 4096)."""
+    # float32 sums: a few thousand tokens lose nothing that matters to a damped inverse; float64 doubles the
+    # 2 GB
     sums, count = _activation_sums(manifest, ids, lambda x: x.T @ x, threads)
     return {a: (s / max(count, 1)).astype(np.float32) for a, s in sums.items()}
 
 
-def _activation_sums(manifest: Manifest, ids: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], threads: int):
+def _activation_sums(manifest: Manifest, ids: np.ndarray, stat: Callable[[np.ndarray], np.ndarray],
+                     threads: int):
     """Sum of stat(x [T, K] float32) over windows of `ids`, for the input x of every quantizable linear.
 
     Runs the fp32 graph with those tensors added as outputs: a copy of the graph (weights stay in the

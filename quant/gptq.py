@@ -1,15 +1,17 @@
-"""GPTQ: blockwise 4-bit codes chosen column by column, each column's rounding error pushed onto the columns not yet
-quantized, weighted by the layer's input statistics (Frantar et al., 2022, "GPTQ: Accurate Post-Training
-Quantization for Generative Pre-trained Transformers"; written here from the paper's algorithm in numpy).
+"""GPTQ: blockwise 4-bit codes chosen column by column, each column's rounding error pushed onto the columns
+not yet quantized, weighted by the layer's input statistics (Frantar et al., 2022, "GPTQ: Accurate
+Post-Training Quantization for Generative Pre-trained Transformers"; written here from the paper's
+algorithm in numpy).
 
-Why: blocks of 128 weights make onnxruntime's MatMulNBits much faster than blocks of 32 (quant/apply.py), but a
-scale shared by 128 weights rounds them more coarsely. GPTQ recovers much of that: it minimises the layer's output
-error ||X W^T - X Q^T||^2 over the calibration activations X instead of each weight's own error.
+Why: blocks of 128 weights make onnxruntime's MatMulNBits much faster than blocks of 32 (quant/apply.py),
+but a scale shared by 128 weights rounds them more coarsely. GPTQ recovers much of that: it minimises the
+layer's output error ||X W^T - X Q^T||^2 over the calibration activations X instead of each weight's own
+error.
 
-The per-block scale (and zero point) is chosen when the quantizer reaches the block's first column, from the block's
-weights as updated by the error feedback so far, with the activation-weighted scale search of primitives.py
-(importance = diag(H)). Columns are processed in natural order (no activation reordering: a permutation would
-scatter each block's columns, and MatMulNBits blocks must be contiguous).
+The per-block scale (and zero point) is chosen when the quantizer reaches the block's first column, from
+the block's weights as updated by the error feedback so far, with the activation-weighted scale search of
+primitives.py (importance = diag(H)). Columns are processed in natural order (no activation reordering: a
+permutation would scatter each block's columns, and MatMulNBits blocks must be contiguous).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ DAMP = 0.01   # fraction of the mean diagonal added to H: keeps the inverse stab
 
 
 def hessian_inverse_cholesky(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
-    """Upper-triangular U with U^T U = (H + damp * mean(diag H) * I)^-1 (float64). Dead channels (zero diagonal)
-    get a unit diagonal: their weights meet no activation, so any code is exact for the output."""
+    """Upper-triangular U with U^T U = (H + damp * mean(diag H) * I)^-1 (float64). Dead channels (zero
+    diagonal) get a unit diagonal: their weights meet no activation, so any code is exact for the output."""
     h = np.array(h, dtype=np.float64)
     diag = np.diag(h).copy()
     dead = diag <= 0
@@ -36,7 +38,8 @@ def hessian_inverse_cholesky(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
 
 def quantize_blocks_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int = 128, *,
                          symmetric: bool = True, damp: float = DAMP) -> P.BlockQuant:
-    """Quantize W [N, K] blockwise along K with GPTQ, given H [K, K] = sum over tokens of x x^T of its input."""
+    """Quantize W [N, K] blockwise along K with GPTQ, given H [K, K] = sum over tokens of x x^T of its
+    input."""
     P._check(bits, block_size)
     n, k = w.shape
     if h.shape != (k, k):
@@ -57,7 +60,8 @@ def quantize_blocks_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size
     for b in range(nb):
         c0, c1 = b * block_size, (b + 1) * block_size
         blk_imp = imp[c0:c1] / max(float(imp[c0:c1].mean()), P.SCALE_EPS) + 1e-3
-        _, s, z = P._quantize_chunk(wp[:, None, c0:c1].astype(np.float32), blk_imp[None, None, :].astype(np.float32),
+        _, s, z = P._quantize_chunk(wp[:, None, c0:c1].astype(np.float32),
+                                    blk_imp[None, None, :].astype(np.float32),
                                     bits, symmetric, "search")
         s = s[:, 0].astype(np.float64)
         zf = np.full(n, float(qn)) if z is None else z[:, 0].astype(np.float64)

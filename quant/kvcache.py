@@ -1,11 +1,13 @@
 """INT8 KV cache: per-channel scales calibrated on the evaluation text, and the GroupQueryAttention rewrite.
 
-Why: at long context decode reads the whole cache every token. In fp32 that is 24 x 2 x 8 x 128 x 4 bytes = 196 KB per
-token of context for HyperCLOVAX (805 MB at 4K), more than the INT4 weights; int8 quarters it, and onnxruntime's CPU
-GroupQueryAttention reads an int8 cache directly (k_quant_type / v_quant_type PER_CHANNEL, kv_cache_bit_width 8).
-The kernel stores q = round(x / scale) clipped to int8 and reads q * scale (symmetric, checked against numpy), with
-one scale per (kv head, channel) for K (after rotary: what the cache holds) and for V. Scales are static, so they are
-calibrated here: the largest |x| per channel over the evaluation text, times a margin for text that reaches further.
+Why: at long context decode reads the whole cache every token. In fp32 that is
+24 x 2 x 8 x 128 x 4 bytes = 196 KB per token of context for HyperCLOVAX (805 MB at 4K), more than the INT4
+weights; int8 quarters it, and onnxruntime's CPU GroupQueryAttention reads an int8 cache directly
+(k_quant_type / v_quant_type PER_CHANNEL, kv_cache_bit_width 8).
+The kernel stores q = round(x / scale) clipped to int8 and reads q * scale (symmetric, checked against
+numpy), with one scale per (kv head, channel) for K (after rotary: what the cache holds) and for V. Scales
+are static, so they are calibrated here: the largest |x| per channel over the evaluation text, times a
+margin for text that reaches further.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ CALIBRATION_TOKENS = 2048
 _K_SCALE, _V_SCALE = 12, 13   # GroupQueryAttention input slots of k_scale / v_scale
 
 
-def calibrate_kv_scales(manifest: Manifest, ids: np.ndarray, *, threads: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per layer (k_scale, v_scale), each [num_key_value_heads * head_dim] float32, from one fp32 prefill of `ids`."""
+def calibrate_kv_scales(manifest: Manifest, ids: np.ndarray, *,
+                        threads: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per layer (k_scale, v_scale), each [num_key_value_heads * head_dim] float32, from one fp32 prefill of
+    `ids`."""
     c = manifest.config
     ids = np.asarray(ids[: min(len(ids), CALIBRATION_TOKENS, c.context_length)], np.int64)
     model = OnnxModel(manifest, manifest.variants["fp32"], threads=threads)
@@ -33,7 +37,8 @@ def calibrate_kv_scales(manifest: Manifest, ids: np.ndarray, *, threads: int = 2
     scales = []
     for layer in range(c.num_hidden_layers):
         k, v = (cache.arrays[2 * layer + j][0, :, : len(ids)] for j in (0, 1))   # (KVH, S, D)
-        scales.append(tuple(np.maximum(np.abs(x).max(axis=1).reshape(-1) * MARGIN / 127.0, 1e-8).astype(np.float32)
+        scales.append(tuple(np.maximum(np.abs(x).max(axis=1).reshape(-1) * MARGIN / 127.0,
+                                       1e-8).astype(np.float32)
                             for x in (k, v)))
     return scales
 

@@ -3,8 +3,8 @@
 Found structurally: every MatMul / Gemm whose B is a constant 2-D fp32 initializer (directly or through a
 Transpose), the embedding Gather on a [vocab, hidden] table, and the linear that reuses that table as the tied
 vocabulary projection. The role and layer of a linear (which a recipe may treat differently) come from the
-parameter names export/llama.py gives its weights, `layers.{i}.{qkv_proj|o_proj|gate_up_proj|down_proj}`; a graph
-from elsewhere simply has role "other" everywhere. Nothing here changes a graph.
+parameter names export/llama.py gives its weights, `layers.{i}.{qkv_proj|o_proj|gate_up_proj|down_proj}`; a
+graph from elsewhere simply has role "other" everywhere. Nothing here changes a graph.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
 def plan_graph(graph: onnx.GraphProto) -> Plan:
     """Find the quantizable linears, the embedding Gather and the tied projection."""
     inits = {t.name: t for t in graph.initializer}
-    is_w = lambda n: n in inits and len(inits[n].dims) == 2 and inits[n].data_type == TensorProto.FLOAT  # noqa: E731
+    is_w = lambda n: (n in inits and len(inits[n].dims) == 2  # noqa: E731
+                      and inits[n].data_type == TensorProto.FLOAT)
     transposes = {n.output[0]: n for n in graph.node if n.op_type == "Transpose" and is_w(n.input[0])
                   and list(attr(n, "perm", [1, 0])) == [1, 0]}
     linears, dead = [], set()
@@ -89,7 +90,8 @@ def plan_graph(graph: onnx.GraphProto) -> Plan:
                 continue
             linears.append(Linear(n, n.input[1], bool(attr(n, "transB", 0)), bias, n.input[0]))
     linears = [lin for lin in linears if min(inits[lin.weight].dims) >= MIN_DIM]
-    gathers = [n for n in graph.node if n.op_type == "Gather" and is_w(n.input[0]) and attr(n, "axis", 0) == 0]
+    gathers = [n for n in graph.node
+               if n.op_type == "Gather" and is_w(n.input[0]) and attr(n, "axis", 0) == 0]
     for g in gathers:
         heads = [lin for lin in linears if lin.weight == g.input[0] and lin.transposed]
         if len(heads) == 1:

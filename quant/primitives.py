@@ -156,7 +156,8 @@ def quantize_blocks(w: np.ndarray, bits: int = 4, block_size: int = 32, *, symme
 
 def dequantize_blocks(bq: BlockQuant) -> np.ndarray:
     """BlockQuant -> W [N, K] float32."""
-    z = np.float32(1 << (bq.bits - 1)) if bq.zero_points is None else bq.zero_points[..., None].astype(np.float32)
+    z = (np.float32(1 << (bq.bits - 1)) if bq.zero_points is None
+         else bq.zero_points[..., None].astype(np.float32))
     w = (bq.codes.astype(np.float32) - z) * bq.scales[..., None]
     return w.reshape(w.shape[0], -1)[:, :bq.k]
 

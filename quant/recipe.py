@@ -1,11 +1,11 @@
 """Quantization recipes: which precision every weight of a model gets, as one frozen, validated object.
 
-A TensorRule is one format (bits, block size, zero points or not). A Recipe maps each linear's role and layer to a
-rule (quant/plan.py names the roles), picks the rule of the tied embedding / vocabulary projection, the way block
-scales are chosen (`method`), the KV-cache dtype and MatMulNBits' accuracy level. QuantSettings is what
-`quantize_model_folder` takes: a recipe plus how to run it. Recipes are named; `clova-edge quantize --recipe NAME`
-picks one, `--bits 4` / `--bits 8` the default of that width. Which recipe is the default, and why, is recorded
-next to RECIPES with the study that measured it.
+A TensorRule is one format (bits, block size, zero points or not). A Recipe maps each linear's role and layer
+to a rule (quant/plan.py names the roles), picks the rule of the tied embedding / vocabulary projection, the
+way block scales are chosen (`method`), the KV-cache dtype and MatMulNBits' accuracy level. QuantSettings is
+what `quantize_model_folder` takes: a recipe plus how to run it. Recipes are named;
+`clova-edge quantize --recipe NAME` picks one, `--bits 4` / `--bits 8` the default of that width. Which
+recipe is the default, and why, is recorded next to RECIPES with the study that measured it.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ class TensorRule:
 
 
 def in_layer_set(which: str, layer: int, num_layers: int) -> bool:
-    """'all'; 'ends': the first and last eighth of the layers; 'more_bits': those plus every third layer between
-    them (the layer set llama.cpp's *_M recipes give more bits to: about half of a 24- or 30-layer model)."""
+    """'all'; 'ends': the first and last eighth of the layers; 'more_bits': those plus every third layer
+    between them (the layer set llama.cpp's *_M recipes give more bits to: about half of a 24- or 30-layer
+    model)."""
     if which == "all":
         return True
     eighth = num_layers // 8
@@ -93,25 +94,28 @@ class Recipe:
         return f"int{self.default.bits}"
 
     def rule_for(self, role: str, layer: int | None, num_layers: int) -> TensorRule | None:
-        """The rule of one linear (None: keep it fp32). Role "v" is the value rows of the fused qkv projection:
-        without an override of its own it follows "qkv" (quant/rewrite.py splits the node only when they differ)."""
+        """The rule of one linear (None: keep it fp32). Role "v" is the value rows of the fused qkv
+        projection: without an override of its own it follows "qkv" (quant/rewrite.py splits the node only
+        when they differ)."""
         if role == "lm_head":
             return self.lm_head
         for r, layers, rule in self.overrides:
-            if r == role and (layers == "all" or (layer is not None and in_layer_set(layers, layer, num_layers))):
+            if r == role and (layers == "all"
+                              or (layer is not None and in_layer_set(layers, layer, num_layers))):
                 return rule
         return self.rule_for("qkv", layer, num_layers) if role == "v" else self.default
 
 
 Q4_128 = TensorRule(4, 128)
 Q8_128 = TensorRule(8, 128)
-# The INT4 default, chosen by benchmarks/studies/recipe_search.py on the calibration text of the off-grid SmolLM2
-# (export/offgrid.py; perplexity delta / mean KL / bits per linear weight): int4-fast +23.8 % / 0.397 / 4.25;
-# asymmetric blocks +21.7 % / 0.390; blocks of 64 +16.9 % / 0.312 / 4.56; blocks of 32 +14.0 % / 0.255 / 5.0;
-# GPTQ asym/128 +7.9 % / 0.205 / 4.28; GPTQ asym/64 +7.4 % / 0.172 / 4.56; GPTQ asym/128 with down_proj in 8 bits in
-# half the layers +6.7 % / 0.151 / 4.74; GPTQ asym/128 with down_proj asym/64 +6.5 % / 0.195 / 4.35 (this one: the
-# lowest perplexity delta at the size of llama.cpp's Q4_K_M). fp32 activations or an fp32 KV cache changed int4-fast
-# by about one point: the loss is in the weights.
+# The INT4 default, chosen by benchmarks/studies/recipe_search.py on the calibration text of the off-grid
+# SmolLM2 (export/offgrid.py; perplexity delta / mean KL / bits per linear weight):
+# int4-fast +23.8 % / 0.397 / 4.25; asymmetric blocks +21.7 % / 0.390; blocks of 64 +16.9 % / 0.312 / 4.56;
+# blocks of 32 +14.0 % / 0.255 / 5.0; GPTQ asym/128 +7.9 % / 0.205 / 4.28;
+# GPTQ asym/64 +7.4 % / 0.172 / 4.56; GPTQ asym/128 with down_proj in 8 bits in half the layers
+# +6.7 % / 0.151 / 4.74; GPTQ asym/128 with down_proj asym/64 +6.5 % / 0.195 / 4.35 (this one: the lowest
+# perplexity delta at the size of llama.cpp's Q4_K_M). fp32 activations or an fp32 KV cache changed
+# int4-fast by about one point: the loss is in the weights.
 INT4 = Recipe("int4", "GPTQ 4-bit asymmetric blocks of 128, down_proj in blocks of 64, 8-bit vocabulary "
               "projection, int8 KV cache", TensorRule(4, 128, symmetric=False), Q8_128, method="gptq",
               overrides=(("down", "all", TensorRule(4, 64, symmetric=False)),))
@@ -119,8 +123,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     INT4,
     Recipe("int8", "8-bit blocks of 32, 8-bit vocabulary projection, fp32 KV cache: the faithful variant "
            "(block 128 triples its KL on SmolLM2)", TensorRule(8, 32), TensorRule(8, 32), kv_cache="float32"),
-    Recipe("int4-fast", "4-bit symmetric blocks of 128, 8-bit vocabulary projection, int8 KV cache: the fastest "
-           "decode, the least faithful", Q4_128, Q8_128),
+    Recipe("int4-fast", "4-bit symmetric blocks of 128, 8-bit vocabulary projection, int8 KV cache: "
+           "the fastest decode, the least faithful", Q4_128, Q8_128),
 )}
 DEFAULT_RECIPE = {8: "int8", 4: "int4"}
 
@@ -163,7 +167,8 @@ class QuantSettings:
         if block_size is not None:
             rb = lambda t: None if t is None else replace(t, block_size=block_size)  # noqa: E731
             r = replace(r, default=rb(r.default), lm_head=rb(r.lm_head),
-                        overrides=tuple((a, b, rb(t)) for a, b, t in r.overrides), name=f"{r.name}/b{block_size}")
+                        overrides=tuple((a, b, rb(t)) for a, b, t in r.overrides),
+                        name=f"{r.name}/b{block_size}")
         if kv_cache is not None:
             r = replace(r, kv_cache=kv_cache)
         if method is not None:

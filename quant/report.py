@@ -1,10 +1,11 @@
 """Quality of a quantized variant against fp32 on held-out evaluation texts (quant/data/eval/*.txt).
 
-The texts (prose, dialogue, code, technical writing, Korean; see quant/data/eval/README.md) were written for this
-project and are read by nothing else in quant/: calibration and recipe choices use quant/data/calib*.txt
-(quant/calibrate.py). Each text is cut into independent windows (512 tokens), each run as one prefill with logits
-for every position; position t predicts token t+1. Per text and over all texts: perplexity of each model, its
-relative delta, mean KL(fp32 || quantized) of the next-token distributions (nats) and top-1 agreement.
+The texts (prose, dialogue, code, technical writing, Korean; see quant/data/eval/README.md) were written for
+this project and are read by nothing else in quant/: calibration and recipe choices use
+quant/data/calib*.txt (quant/calibrate.py). Each text is cut into independent windows (512 tokens), each
+run as one prefill with logits for every position; position t predicts token t+1. Per text and over all
+texts: perplexity of each model, its relative delta, mean KL(fp32 || quantized) of the next-token
+distributions (nats) and top-1 agreement.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from clova_edge.runtime.model import OnnxModel
 from .calibrate import WINDOW, windows
 
 EVAL_TEXTS = ("prose", "dialogue", "code", "technical", "korean")
-# Ids per text at most (4 windows): keeps the texts' weights comparable in "all" (SmolLM2's byte-level fallback
-# turns the Korean text into 7.8K tokens, the English ones into 1.8-2.8K) and the report a few minutes long.
+# Ids per text at most (4 windows): keeps the texts' weights comparable in "all" (SmolLM2's byte-level
+# fallback turns the Korean text into 7.8K tokens, the English ones into 1.8-2.8K) and the report a few
+# minutes long.
 TOKENS_PER_TEXT = 2048
 
 
@@ -55,9 +57,11 @@ def _logprobs(model: OnnxModel, window: np.ndarray) -> np.ndarray:
 
 def reference_logprobs(manifest: Manifest, ids: dict[str, np.ndarray], *, threads: int = 2,
                        window: int = WINDOW) -> dict[str, list[np.ndarray]]:
-    """Per text, per window, the fp32 log-probabilities (float16, [S-1, V]): compare many variants to one run."""
+    """Per text, per window, the fp32 log-probabilities (float16, [S-1, V]): compare many variants to one
+    run."""
     ref = OnnxModel(manifest, manifest.variants["fp32"], threads=threads)
-    return {name: [_logprobs(ref, w).astype(np.float16) for w in windows(x, window)] for name, x in ids.items()}
+    return {name: [_logprobs(ref, w).astype(np.float16) for w in windows(x, window)]
+            for name, x in ids.items()}
 
 
 def _compare(ref: list[np.ndarray], model: OnnxModel, ids: np.ndarray, window: int) -> dict[str, float]:
@@ -79,14 +83,15 @@ def _figures(s: dict[str, float]) -> dict[str, Any]:
     n = max(s["tokens"], 1)
     ppl_r, ppl_q = float(np.exp(s["nll_ref"] / n)), float(np.exp(s["nll"] / n))
     return {"tokens": int(s["tokens"]), "reference_perplexity": ppl_r, "perplexity": ppl_q,
-            "ppl_delta_pct": 100.0 * (ppl_q / ppl_r - 1.0), "mean_kl": s["kl"] / n, "top1_agreement": s["agree"] / n}
+            "ppl_delta_pct": 100.0 * (ppl_q / ppl_r - 1.0), "mean_kl": s["kl"] / n,
+            "top1_agreement": s["agree"] / n}
 
 
 def quality_report(manifest: Manifest, ids: dict[str, np.ndarray], *, quantized_file: Path,
                    reference: dict[str, list[np.ndarray]] | None = None, threads: int = 2,
                    window: int = WINDOW) -> dict[str, Any]:
-    """Compare the fp32 variant (or precomputed `reference` log-probs) with the graph `quantized_file`, per text
-    and over all of them ("all": every token of every text counted once)."""
+    """Compare the fp32 variant (or precomputed `reference` log-probs) with the graph `quantized_file`, per
+    text and over all of them ("all": every token of every text counted once)."""
     reference = reference if reference is not None else reference_logprobs(manifest, ids, threads=threads,
                                                                             window=window)
     model = OnnxModel.from_graph(manifest, quantized_file, threads=threads)

@@ -3,10 +3,11 @@
   - every linear of the plan (quant/plan.py) -> com.microsoft MatMulNBits with the bits, block size and zero
     points its rule asks for;
   - the embedding Gather on the tied [vocab, hidden] table and the vocabulary projection that reuses it ->
-    GatherBlockQuantized + MatMulNBits reading ONE shared uint8 table (MatMulNBits' B layout [N, blocks, bytes]
-    is what GatherBlockQuantized takes with quantize_axis=2), at the recipe's lm_head rule (None leaves both fp32).
-Returns the new model and a record per tensor (role, layer, format, relative RMS weight error) that the manifest
-keeps. The input model is not modified.
+    GatherBlockQuantized + MatMulNBits reading ONE shared uint8 table (MatMulNBits' B layout
+    [N, blocks, bytes] is what GatherBlockQuantized takes with quantize_axis=2), at the recipe's lm_head rule
+    (None leaves both fp32).
+Returns the new model and a record per tensor (role, layer, format, relative RMS weight error) that the
+manifest keeps. The input model is not modified.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _quantize_weight(w: np.ndarray, rule: TensorRule, method: str, imp: np.ndarr
 
 
 def _value_rows(graph: onnx.GraphProto, qkv_rows: int) -> int | None:
-    """Rows of a fused [q; k; v] weight that are the values: kv_num_heads x head_dim, from GroupQueryAttention."""
+    """Rows of a fused [q; k; v] weight that are the values: kv_num_heads x head_dim, from
+    GroupQueryAttention."""
     gqa = next((n for n in graph.node if n.op_type == "GroupQueryAttention"), None)
     if gqa is None:
         return None
@@ -102,8 +104,8 @@ def rewrite_model(model: onnx.ModelProto, recipe: Recipe, *, importance: dict[st
                   hessians: dict[str, np.ndarray] | None = None,
                   progress: Progress = None) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
     """(quantized model, per-tensor records). `model` must have its weights loaded. Method "act" uses
-    `importance` (E[x^2] per input channel), "gptq" `hessians` (quant/calibrate.py); the tied table, whose rows
-    are also looked up as embeddings, always takes the activation-weighted search."""
+    `importance` (E[x^2] per input channel), "gptq" `hessians` (quant/calibrate.py); the tied table, whose
+    rows are also looked up as embeddings, always takes the activation-weighted search."""
     graph = model.graph
     plan = plan_graph(graph)
     inits = {t.name: t for t in graph.initializer}
@@ -133,7 +135,8 @@ def rewrite_model(model: onnx.ModelProto, recipe: Recipe, *, importance: dict[st
             mw = P.to_matmulnbits(bq)
             base = f"{lin.weight}_q{rule.bits}" + ("" if len(parts) == 1 else f"_{part}")
             names = (base, f"{base}_scales", f"{base}_zp" if mw.zero_points is not None else None)
-            new_inits += [numpy_helper.from_array(mw.b, names[0]), numpy_helper.from_array(mw.scales, names[1])]
+            new_inits += [numpy_helper.from_array(mw.b, names[0]),
+                          numpy_helper.from_array(mw.scales, names[1])]
             if mw.zero_points is not None:
                 new_inits.append(numpy_helper.from_array(mw.zero_points, names[2]))
             node = _nbits_node(lin, rule, mw.k, mw.n, names, recipe.accuracy_level)
@@ -146,10 +149,11 @@ def rewrite_model(model: onnx.ModelProto, recipe: Recipe, *, importance: dict[st
             records.append({"weight": lin.weight + ("" if len(parts) == 1 else f"[{part}]"), "role": part,
                             "layer": lin.layer, "shape": list(w.shape), "bits": rule.bits,
                             "block_size": rule.block_size, "symmetric": rule.symmetric, "method": method,
-                            "rel_rms_err": round(P.error_stats(w, P.dequantize_blocks(bq))["rel_rms_err"], 5)})
+                            "rel_rms_err": round(
+                                P.error_stats(w, P.dequantize_blocks(bq))["rel_rms_err"], 5)})
         if outs:
-            nodes.append(helper.make_node("Concat", outs, list(lin.node.output), name=f"{lin.node.name}_qkv_cat",
-                                          axis=-1))
+            nodes.append(helper.make_node("Concat", outs, list(lin.node.output),
+                                          name=f"{lin.node.name}_qkv_cat", axis=-1))
         replaced[id(lin.node)] = nodes
         quantized_w.add(lin.weight)
         if tied and plan.embedding is not None:

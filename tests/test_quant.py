@@ -316,9 +316,9 @@ def test_gptq_method_end_to_end(tiny_quantized: Path, tmp_path: Path):
 
 
 def test_value_rows_split_off_the_fused_qkv(tiny_quantized: Path, tmp_path: Path):
-    """A recipe that gives the values (the last kv_heads x head_dim rows of the fused qkv weight) 8 bits splits
-    the node in two MatMulNBits and a Concat; the graph runs and its logits stay as close to fp32 as the plain
-    4-bit variant's (closer, within noise)."""
+    """A recipe that gives the values (the last kv_heads x head_dim rows of the fused qkv weight) 8 bits
+    splits the node in two MatMulNBits and a Concat; the graph runs and its logits stay as close to fp32 as
+    the plain 4-bit variant's (closer, within noise)."""
     from clova_edge.runtime.manifest import load_manifest
     from clova_edge.runtime.model import OnnxModel
 

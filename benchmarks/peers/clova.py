@@ -1,7 +1,7 @@
 """clova-edge: an exported folder (manifest.json) loaded with clova_edge.Engine, one variant (fp32/int8/int4).
 
-The loop is the runtime's own step (OnnxModel.prefill, then OnnxModel.decode per token on a preallocated in-place
-KV cache) with greedy argmax, EOS ignored. Perplexity: prefill with every position's logits.
+The loop is the runtime's own step (OnnxModel.prefill, then OnnxModel.decode per token on a preallocated
+in-place KV cache) with greedy argmax, EOS ignored. Perplexity: prefill with every position's logits.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """llama.cpp through its Python binding (llama-cpp-python, pointed at our own build with LLAMA_CPP_LIB_PATH).
 
 Its own loop: `Llama.generate` with greedy sampling (top_k=1). n_ctx 4096, n_batch 512 (its default prompt
-chunking), the same thread count for prompt and generation. Perplexity uses a second context with every position's
-logits kept (logits_all).
+chunking), the same thread count for prompt and generation. Perplexity uses a second context with every
+position's logits kept (logits_all).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class LlamaCppAdapter:
     def generate(self, prompt_ids: list[int], n: int) -> list[float]:
         self.llm.reset()
         arrivals = []
-        for _tok in self.llm.generate(prompt_ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        for _tok in self.llm.generate(prompt_ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0,
+                                      reset=True):
             arrivals.append(time.perf_counter())
             if len(arrivals) == n:
                 break
@@ -47,7 +48,8 @@ class LlamaCppAdapter:
     def logits(self, ids: np.ndarray) -> np.ndarray:
         import llama_cpp
 
-        if getattr(self, "_ppl", None) is None:   # windows are at most 512 tokens (quality.py, perplexity_window)
+        # windows are at most 512 tokens (quality.py, perplexity_window)
+        if getattr(self, "_ppl", None) is None:
             self._ppl = llama_cpp.Llama(str(self.gguf), n_ctx=max(512, len(ids)), n_batch=512,
                                         n_threads=self.threads, n_threads_batch=self.threads, logits_all=True,
                                         verbose=False)

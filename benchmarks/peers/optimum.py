@@ -1,5 +1,6 @@
-"""Hugging Face Optimum (optimum-onnx): ORTModelForCausalLM on its text-generation-with-past export, through its
-own generate (the transformers loop over an onnxruntime session). Runs in its own venv (transformers < 4.58)."""
+"""Hugging Face Optimum (optimum-onnx): ORTModelForCausalLM on its text-generation-with-past export, through
+its own generate (the transformers loop over an onnxruntime session). Runs in its own venv (transformers
+< 4.58)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ class OptimumAdapter(HFGenerateAdapter):
         self.version = f"optimum-onnx, onnxruntime {ort.__version__}"
         self.model = oo.ORTModelForCausalLM.from_pretrained(self.folder, session_options=so, use_cache=True,
                                                             provider="CPUExecutionProvider")
-        # optimum-onnx sizes the empty past KV of a llama model as hidden_size / heads (64 here) and ignores the
-        # config's head_dim (128 for HyperCLOVAX): onnxruntime then rejects the first step. A user would need
-        # the same one-line workaround.
+        # optimum-onnx sizes the empty past KV of a llama model as hidden_size / heads (64 here) and ignores
+        # the config's head_dim (128 for HyperCLOVAX): onnxruntime then rejects the first step. A user would
+        # need the same one-line workaround.
         head_dim = getattr(self.model.config, "head_dim", None)
         if head_dim and getattr(self.model, "embed_size_per_head", head_dim) != head_dim:
             self.model.embed_size_per_head = head_dim

@@ -1,7 +1,7 @@
 """onnxruntime-genai: a folder written by its model builder, run with its own Generator loop (greedy).
 
-Threads: the session's intra_op_num_threads is set through Config.overlay. Perplexity reads the prefill's logits
-output (the builder's graph returns logits for every prompt position).
+Threads: the session's intra_op_num_threads is set through Config.overlay. Perplexity reads the prefill's
+logits output (the builder's graph returns logits for every prompt position).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """PyTorch + transformers, fp32, the model card's way: `model.generate` (greedy), timed by a streamer.
 
-The streamer's put() is called with the prompt first and then once per new token, so each later call is a token's
-arrival. min_new_tokens = max_new_tokens keeps EOS from ending a run early.
+The streamer's put() is called with the prompt first and then once per new token, so each later call is a
+token's arrival. min_new_tokens = max_new_tokens keeps EOS from ending a run early.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 
 
 class ArrivalStreamer:
-    """A transformers streamer that records when each generated token arrives (the first put is the prompt)."""
+    """A transformers streamer that records when each generated token arrives (the first put is the
+    prompt)."""
 
     def __init__(self):
         self.calls: list[float] = []

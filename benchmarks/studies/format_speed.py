@@ -3,10 +3,11 @@
     python -m clova_edge.benchmarks.studies.format_speed FOLDER [--formats 4/128,4/128a,4/64a,...] [--out F]
 
 FOLDER: an exported fp32 folder of the full-size HyperCLOVAX shape (random weights: speed does not depend on
-their values). Each format (bits/block, 'a' = asymmetric) is applied to every linear with round-to-nearest (the
-vocabulary projection stays 8-bit/128, the KV cache fp32, so only the linears differ); then decode tok/s after a
-128-token prompt (median of 64 steps x 3) and the time to first token of a 512-token prompt. Rows of one run
-compare; the recipe that became the INT4 default (quant/recipe.py) was chosen with this and recipe_search.py.
+their values). Each format (bits/block, 'a' = asymmetric) is applied to every linear with round-to-nearest
+(the vocabulary projection stays 8-bit/128, the KV cache fp32, so only the linears differ); then decode
+tok/s after a 128-token prompt (median of 64 steps x 3) and the time to first token of a 512-token prompt.
+Rows of one run compare; the recipe that became the INT4 default (quant/recipe.py) was chosen with this and
+recipe_search.py.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             model = OnnxModel.from_graph(manifest, path, threads=a.threads)
             results[fmt] = {"data_mb": size / 1e6, **time_model(model, np.random.default_rng(0))}
             del model
-        print(f"{fmt:8s} {results[fmt]['data_mb']:7.1f} MB  decode {results[fmt]['decode_tok_s']:6.1f} tok/s  "
+        print(f"{fmt:8s} {results[fmt]['data_mb']:7.1f} MB  "
+              f"decode {results[fmt]['decode_tok_s']:6.1f} tok/s  "
               f"TTFT512 {results[fmt]['ttft_512_s']:.2f} s", flush=True)
         if a.out:
             a.out.write_text(json.dumps(results, indent=1))

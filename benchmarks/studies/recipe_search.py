@@ -2,10 +2,11 @@
 
     python -m clova_edge.benchmarks.studies.recipe_search FOLDER [FOLDER ...] [--out results.json]
 
-FOLDER: an exported fp32 clova-edge folder (SmolLM2 and its off-grid permutation, export/offgrid.py). For each
-candidate: the graph is rewritten (quant/rewrite.py), its int8 KV cache calibrated, and compared with fp32 on the
-calibration ids (quant/calibrate.py): perplexity delta, mean KL, top-1; plus the bits per weight it stores. The
-recipe that became the INT4 default (quant/recipe.py) cites this study's output in benchmarks/studies/README.md.
+FOLDER: an exported fp32 clova-edge folder (SmolLM2 and its off-grid permutation, export/offgrid.py). For
+each candidate: the graph is rewritten (quant/rewrite.py), its int8 KV cache calibrated, and compared with
+fp32 on the calibration ids (quant/calibrate.py): perplexity delta, mean KL, top-1; plus the bits per weight
+it stores. The recipe that became the INT4 default (quant/recipe.py) cites this study's output in
+benchmarks/studies/README.md.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def candidates() -> dict[str, Recipe]:
                                                 overrides=(("down", "ends", Q8),)),
         "gptq asym/64 + down,v 8-bit (more_bits)": mk("g64dv", default=Q4A64, method="gptq", overrides=DV8),
         "asym/64 + down,v 8-bit (more_bits)": mk("a64dv", default=Q4A64, overrides=DV8),
-        "gptq asym/32 + down,v 8-bit (more_bits)": mk("g32dv", default=TensorRule(4, 32, False), method="gptq",
-                                                      overrides=DV8),
+        "gptq asym/32 + down,v 8-bit (more_bits)": mk("g32dv", default=TensorRule(4, 32, False),
+                                                      method="gptq", overrides=DV8),
         "gptq asym/128 + down 8-bit (more_bits)": mk("g2", default=Q4A, method="gptq",
                                                      overrides=(("down", "more_bits", Q8),)),
     }
@@ -68,7 +69,8 @@ def candidates() -> dict[str, Recipe]:
 
 def bits_per_weight(records: list[dict]) -> float:
     n = sum(r["shape"][0] * r["shape"][1] for r in records)
-    b = sum(r["shape"][0] * r["shape"][1] * TensorRule(r["bits"], r["block_size"], r["symmetric"]).bits_per_weight()
+    b = sum(r["shape"][0] * r["shape"][1]
+            * TensorRule(r["bits"], r["block_size"], r["symmetric"]).bits_per_weight()
             for r in records)
     return b / n
 
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         need_h = any(r.method == "gptq" for r in candidates().values())
         hess = C.activation_hessians(manifest, ids) if need_h else None
         kv = calibrate_kv_scales(manifest, ids)
-        print(f"{folder}: {len(ids)} calibration ids, statistics {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        print(f"{folder}: {len(ids)} calibration ids, statistics {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr)
         ref = reference_logprobs(manifest, {"calib": ids})
         model = onnx.load(str(folder / manifest.variants["fp32"].file))
         out = results.setdefault(str(folder), {})

@@ -2,11 +2,12 @@
 
     python -m clova_edge.benchmarks.studies.tokenizer_speed [--tokenizer PATH/tokenizer.json] [--repeat 20]
 
-Default tokenizer: the HyperCLOVAX stand-in (cl100k_base + HyperCLOVAX's special tokens, export/tokenizer_standin.py).
-Default text: the Korean calibration prose shipped in quant/data/calib.txt, paragraphs appended (last first) until it
-is at least 4096 tokens. Reports load time, the first encode (empty per-word cache: what a fresh process pays),
-the median warm encode, decode and the streaming detokenizer per token, each against `tokenizers` where it has one,
-and checks that both give the same ids.
+Default tokenizer: the HyperCLOVAX stand-in (cl100k_base + HyperCLOVAX's special tokens,
+export/tokenizer_standin.py).
+Default text: the Korean calibration prose shipped in quant/data/calib.txt, paragraphs appended (last first)
+until it is at least 4096 tokens. Reports load time, the first encode (empty per-word cache: what a fresh
+process pays), the median warm encode, decode and the streaming detokenizer per token, each against
+`tokenizers` where it has one, and checks that both give the same ids.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, a, b in rows:
         print(f"{name:28}{a:12.2f}{b:12.2f}{a / b:8.2f}")
     print(f"{'stream detokenize (us/tok)':28}{stream_ours / len(ids) * 1e6:12.2f}")
-    print(f"encode throughput: clova-edge {len(ids) / warm_ours:,.0f} tok/s warm, {len(ids) / cold_ours:,.0f} "
+    print(f"encode throughput: clova-edge {len(ids) / warm_ours:,.0f} tok/s warm, "
+          f"{len(ids) / cold_ours:,.0f} "
           f"tok/s first call; tokenizers {len(ids) / warm_ref:,.0f} tok/s warm")
     return 0 if same else 1
 
