@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clova_edge.runtime import manifest as mf
 from clova_edge.runtime.manifest import KV_DTYPE_BYTES, Manifest
 
 
@@ -12,9 +13,8 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
-def kv_cache_bytes(m: Manifest, tokens: int, bytes_per_value: int = 4) -> int:
-    c = m.config
-    return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * tokens * bytes_per_value
+def kv_cache_bytes(m: Manifest, tokens: int, kv_dtype: str = "float32") -> int:
+    return mf.kv_cache_bytes(m.config, kv_dtype, tokens)
 
 
 def _quality_figures(q: dict[str, Any]) -> dict[str, Any] | None:
@@ -74,7 +74,7 @@ def describe(m: Manifest) -> str:
         q = v.quantization
         desc = ("fp32" if not q else
                 f"{q.get('scheme', '?')} {q.get('bits', '?')}-bit block {q.get('block_size', '-')}")
-        v_kv = kv_cache_bytes(m, c.context_length, KV_DTYPE_BYTES.get(v.kv_dtype, 4))
+        v_kv = kv_cache_bytes(m, c.context_length, v.kv_dtype if v.kv_dtype in KV_DTYPE_BYTES else "float32")
         lines.append(f"  {name:<6} {v.file:<22} {_mb(v.size_bytes):>10}  {desc}, {v.kv_dtype} KV cache; "
                      f"memory at {c.context_length} tokens ~ {_mb(v.size_bytes + v_kv)}")
         quality = quality_line(q["quality"]) if q and isinstance(q.get("quality"), dict) else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
 import os
 import shutil
 import time
@@ -56,20 +55,13 @@ def _io_section(c: ModelConfig) -> dict[str, Any]:
               mf.TOTAL_SEQ_LEN: {"dtype": "int32", "shape": []},
               mf.LOGITS_INDEX: {"dtype": "int64", "shape": ["logit_rows"]}}
     outputs = {mf.LOGITS: {"dtype": "float32", "shape": ["batch", "logit_rows", c.vocab_size]}}
+    # the cache element type differs per variant (INT4 keeps it in int8): variants.<name>.kv_dtype says
+    cache = {"dtype": "variants.<name>.kv_dtype", "shape": kv}
     for (pk, pv), (ok, ov) in zip(mf.past_names(c.num_hidden_layers), mf.present_names(c.num_hidden_layers)):
-        inputs |= {pk: {"dtype": "float32", "shape": kv}, pv: {"dtype": "float32", "shape": kv}}
-        outputs |= {ok: {"dtype": "float32", "shape": kv}, ov: {"dtype": "float32", "shape": kv}}
+        inputs |= {pk: cache, pv: cache}
+        outputs |= {ok: cache, ov: cache}
     return {"inputs": inputs, "outputs": outputs, "kv_layout": "BNSH", "shared_buffer": True,
             "rotary_in_cache": True}
-
-
-def _files_section(folder: Path) -> dict[str, dict[str, Any]]:
-    return {p.name: {"bytes": p.stat().st_size, "sha256": mf.sha256_file(p)}
-            for p in sorted(folder.iterdir()) if p.is_file() and p.name != mf.MANIFEST_NAME}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def build_manifest(src: S.Source, config: ModelConfig, folder: Path, parity: dict[str, Any],
@@ -86,8 +78,8 @@ def build_manifest(src: S.Source, config: ModelConfig, folder: Path, parity: dic
         "stop": S.stop_section(src, tokenizer),
         "generation": S.generation_section(src),
         "chat": S.chat_section(src),
-        "variants": {"fp32": {"file": ONNX_FILE, "data_files": [DATA_FILE], "kv_dtype": "float32",
-                              "quantization": {}, "size_bytes": size}},
+        "variants": {"fp32": mf.variant_entry(file=ONNX_FILE, data_files=[DATA_FILE], kv_dtype="float32",
+                                              size_bytes=size)},
         "verification": {"fp32": parity},
         "graph": graph,
         "files": {},
@@ -209,11 +201,11 @@ def export_model(source: str | Path, out_dir: Path, *, force: bool = False,
             f"{time.monotonic() - t:.1f} s")
         say("save: manifest.json")
         manifest = build_manifest(src, config, tmp, parity.to_dict(), graph)
-        _write_json(tmp / mf.MANIFEST_NAME, manifest)
+        mf.write_manifest(tmp, manifest)
         _run_quantizers(tmp, quantize, say)
-        manifest = json.loads((tmp / mf.MANIFEST_NAME).read_text(encoding="utf-8"))
-        manifest["files"] = _files_section(tmp)
-        _write_json(tmp / mf.MANIFEST_NAME, manifest)
+        manifest = mf.read_raw(tmp)
+        manifest["files"] = mf.files_section(tmp)
+        mf.write_manifest(tmp, manifest)
         mf.load_manifest(tmp)   # what the runtime will read must validate
         _replace_atomically(tmp, out_dir, force=force)
     except BaseException:

@@ -105,9 +105,10 @@ class Manifest:
     def variant(self, name: str | None) -> Variant:
         name = name or self.default_variant
         if name not in self.variants:
-            raise ManifestError(
-                f"{self.folder}: variant {name!r} was not exported (have: {', '.join(self.variants)}); "
-                f"run `clova-edge quantize {self.folder} --bits {name.removeprefix('int')}` to make it")
+            have = ", ".join(self.variants)
+            how = (f"run `clova-edge quantize {self.folder} --bits {name[3:]}` to make it"
+                   if name in ("int4", "int8") else "variant names are int4, int8 and fp32")
+            raise ManifestError(f"{self.folder}: variant {name!r} was not exported (have: {have}); {how}")
         return self.variants[name]
 
 
