@@ -72,10 +72,13 @@ def describe(m: Manifest) -> str:
              "variants"]
     for name, v in m.variants.items():
         q = v.quantization
-        desc = ("fp32" if not q else
+        desc = ("fp32" if not q else q["summary"] if q.get("summary") else
                 f"{q.get('scheme', '?')} {q.get('bits', '?')}-bit block {q.get('block_size', '-')}")
+        if q.get("recipe"):
+            desc = f"recipe {q['recipe']}: {desc}"
         v_kv = kv_cache_bytes(m, c.context_length, v.kv_dtype if v.kv_dtype in KV_DTYPE_BYTES else "float32")
-        lines.append(f"  {name:<6} {v.file:<22} {_mb(v.size_bytes):>10}  {desc}, {v.kv_dtype} KV cache; "
+        kv_text = "" if "KV cache" in desc else f", {v.kv_dtype} KV cache"
+        lines.append(f"  {name:<6} {v.file:<22} {_mb(v.size_bytes):>10}  {desc}{kv_text}; "
                      f"memory at {c.context_length} tokens ~ {_mb(v.size_bytes + v_kv)}")
         quality = quality_line(q["quality"]) if q and isinstance(q.get("quality"), dict) else None
         if quality:
