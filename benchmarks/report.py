@@ -130,11 +130,13 @@ def markdown(results: dict[str, Any]) -> str:
         quality = RQ.quality_table(results, name)
         if quality:
             note = RQ.GRID_NOTE.get(name, "")
+            qspec = next(r["result"]["spec"] for r in results["models"][name]["rows"].values()
+                         if "quality" in r.get("result", {}))     # the quality runs' own spec
             out += [f"### {name}: quality on the held-out texts of quant/data/eval/ (windows of "
                     f"{spec['perplexity_window']}; against {RQ.REFERENCE}){': ' + note if note else ''}", "",
                     "Answers = fp32: share of the agreement prompts whose greedy answer (repetition penalty "
-                    f"{spec.get('repetition_penalty', 1.0)}, up to "
-                    f"{spec.get('agreement_tokens', 32)} tokens) equals "
+                    f"{qspec.get('repetition_penalty', 1.0)}, up to "
+                    f"{qspec.get('agreement_tokens', 32)} tokens) equals "
                     "the fp32 model's.", "", quality, ""]
     goals = RQ.targets_table(results)
     if goals:
