@@ -156,16 +156,19 @@ class Engine:
 
     def stream_ids(self, ids: list[int], settings: GenerationSettings, *, cache: KVCache,
                    history: Sequence[int] = (), tools: bool = False,
-                   constraint: Constraint | AfterToken | None = None) -> Iterator[Event]:
+                   constraint: Constraint | AfterToken | None = None, model: Any = None,
+                   ignore_eos: bool = False) -> Iterator[Event]:
         """Prefill `ids` onto `cache` (which holds `history`) and stream the answer with the model's stop
-        tokens and strings. tools=True: the turn runs on past <|im_end|> into a call block (not shown)."""
+        tokens and strings. tools=True: the turn runs on past <|im_end|> into a call block (not shown).
+        model: what runs the steps (default: this engine's session; a batch.SlotModel in a server).
+        ignore_eos: only settings.stop ends the answer, not the model's stop tokens (benchmarks)."""
         ctx = self.model.config.context_length
         if cache.length + len(ids) >= ctx:
             raise PromptError(f"the prompt is {cache.length + len(ids)} tokens; the context is {ctx}: "
                               "shorten it")
-        return stream(self.model, self.tokenizer, cache, ids, settings,
-                      stop_ids=self.format.turn_stop_ids(self.manifest.stop_token_ids, tools),
-                      stop_strings=self.manifest.stop_strings, history=history,
+        stop_ids = () if ignore_eos else self.format.turn_stop_ids(self.manifest.stop_token_ids, tools)
+        return stream(model or self.model, self.tokenizer, cache, ids, settings, stop_ids=stop_ids,
+                      stop_strings=() if ignore_eos else self.manifest.stop_strings, history=history,
                       mute_after=self.format.mute_after(tools), constraint=constraint)
 
     def stream(self, prompt: str | Messages, settings: GenerationSettings | None = None, *,

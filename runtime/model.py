@@ -57,6 +57,35 @@ class KVCache:
         self.logits = np.zeros((1, 1, self.vocab_size), np.float32)
 
 
+@dataclass
+class SharedKV:
+    """The KV buffers of `slots` sequences side by side on the batch axis, (slots, kv_heads, capacity,
+    head_dim) per layer, for batched decode (batch.py). `slot(b)` is sequence b's own KVCache: a view of row b
+    (the leading axis, so contiguous), through which its prompt is prefilled alone."""
+
+    arrays: list[np.ndarray]
+    capacity: int
+    vocab_size: int
+    caches: list[KVCache] = field(default_factory=list, repr=False)
+    # one binding per batch size n (rows 0..n-1), built on first use; inputs/logits are views of these
+    ids: np.ndarray = field(default=None, repr=False)
+    seqlens_k: np.ndarray = field(default=None, repr=False)
+    logits: np.ndarray = field(default=None, repr=False)
+    bindings: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        n = self.arrays[0].shape[0]
+        self.caches = [KVCache([a[b:b + 1] for a in self.arrays], self.capacity, self.vocab_size)
+                       for b in range(n)]
+        self.ids = np.zeros((n, 1), np.int64)
+        self.seqlens_k = np.zeros((n,), np.int32)
+        self.logits = np.zeros((n, 1, self.vocab_size), np.float32)
+
+    @property
+    def slots(self) -> int:
+        return len(self.caches)
+
+
 def _session_options(threads: int, cache_path: Path | None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -139,6 +168,15 @@ class OnnxModel:
         return KVCache([np.zeros(shape, self.kv_dtype) for _ in range(2 * c.num_hidden_layers)], capacity,
                        c.vocab_size)
 
+    def new_shared_cache(self, slots: int, capacity: int) -> SharedKV:
+        """Zeroed buffers for `slots` sequences of `capacity` positions each (rounded up, at most the
+        context). np.zeros pages are committed only when written, so unused capacity costs no RSS."""
+        capacity = self._round_capacity(capacity)
+        c = self.config
+        shape = (slots, c.num_key_value_heads, capacity, c.head_dim)
+        return SharedKV([np.zeros(shape, self.kv_dtype) for _ in range(2 * c.num_hidden_layers)], capacity,
+                        c.vocab_size)
+
     def _round_capacity(self, n: int) -> int:
         ctx = self.config.context_length
         return min(ctx, max(_GROW_STEP, -(-n // _GROW_STEP) * _GROW_STEP))
@@ -181,10 +219,10 @@ class OnnxModel:
             # all rows' logits only when asked (perplexity); mid-prompt chunks compute one row, then drop it
             rows = (np.arange(len(chunk), dtype=np.int64) if all_logits
                     else np.array([len(chunk) - 1], np.int64))
-            outs.append(self._run_chunk(cache, chunk, rows))
+            outs.append(self.run_chunk(cache, chunk, rows))
         return np.concatenate(outs, axis=0) if all_logits else outs[-1][-1]
 
-    def _run_chunk(self, cache: KVCache, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def run_chunk(self, cache: KVCache, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """One session run of len(ids) tokens; returns the logits of `rows` (L, V)."""
         s = int(ids.shape[0])
         total = cache.length + s
@@ -215,6 +253,36 @@ class OnnxModel:
         self.session.run_with_iobinding(cache.io)
         cache.length += 1
         return cache.logits[0, 0]
+
+
+    def decode_batch(self, kv: SharedKV, tokens: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One session run of one token for each of rows 0..n-1 of `kv` (n = len(tokens)): row b's token is
+        written at position positions[b] and attends to the rows before it (GroupQueryAttention's per-row
+        seqlens_k). Lengths are the caller's to keep. Returns logits (n, V): a view of a buffer that the next
+        call overwrites."""
+        n = len(tokens)
+        assert 0 < n <= kv.slots and int(positions.max()) < kv.capacity, (n, positions, kv.capacity)
+        entry = kv.bindings.get(n)
+        if entry is None:
+            # the OrtValues wrap numpy memory: every array bound here is kept alive in the entry
+            io, total, row = self.session.io_binding(), np.zeros((), np.int32), np.zeros((1,), np.int64)
+            for name, array in ((mf.INPUT_IDS, kv.ids[:n]), (mf.SEQLENS_K, kv.seqlens_k[:n]),
+                                (mf.TOTAL_SEQ_LEN, total), (mf.LOGITS_INDEX, row)):
+                io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+            views = [ort.OrtValue.ortvalue_from_numpy(a[:n]) for a in kv.arrays]
+            for (pk, pv), (ok, ovn), k, v in zip(self._past, self._present, views[0::2], views[1::2]):
+                io.bind_ortvalue_input(pk, k)
+                io.bind_ortvalue_input(pv, v)
+                io.bind_ortvalue_output(ok, k)   # in place, as in decode
+                io.bind_ortvalue_output(ovn, v)
+            io.bind_ortvalue_output(mf.LOGITS, ort.OrtValue.ortvalue_from_numpy(kv.logits[:n]))
+            kv.bindings[n] = entry = (io, total, views, row)
+        io, total = entry[0], entry[1]
+        kv.ids[:n, 0] = tokens
+        kv.seqlens_k[:n] = positions          # row b holds positions[b] + 1 tokens after this step, minus one
+        total[()] = int(positions.max()) + 1
+        self.session.run_with_iobinding(io)
+        return kv.logits[:n, 0]
 
 
 def default_threads() -> int:
