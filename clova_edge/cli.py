@@ -178,7 +178,8 @@ def serve(model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt
     try:
         from clova_edge.serve.app import ServeSettings
     except ImportError as e:
-        raise ClovaEdgeError(f"serve needs the serve extra ({e.name} missing): pip install 'clova-edge[serve]'")
+        raise ClovaEdgeError(f"serve needs the serve extra ({e.name} missing): "
+                             "pip install 'clova-edge[serve]'")
     try:
         settings = ServeSettings(slots=slots, queue=queue, context=context, api_key=api_key,
                                  max_body_bytes=max_body, max_tokens=max_tokens)

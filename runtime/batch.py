@@ -1,4 +1,4 @@
-"""Continuous batching: generations in flight share one session, and their decode steps run as one batched run.
+"""Continuous batching: generations in flight share one session; their decode steps run as one batched run.
 
 Each generation holds a *slot*: row b of KV buffers shaped (slots, kv_heads, capacity, head_dim) per layer
 (model.SharedKV). It runs the ordinary pipeline (generate.stream, with its sampler, stops and constraints) in

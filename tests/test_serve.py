@@ -1,5 +1,5 @@
-"""`clova-edge serve` tested with the official openai client on a loopback port: answers, streaming, JSON schema,
-a tool round trip, keys, limits, errors in OpenAI's shape, disconnects, and a bounded load test."""
+"""`clova-edge serve` tested with the official openai client on a loopback port: answers, streaming, JSON
+schema, a tool round trip, keys, limits, errors in OpenAI's shape, disconnects, and a bounded load test."""
 
 from __future__ import annotations
 
@@ -105,12 +105,14 @@ def test_errors_in_openai_shape(smol):
     with pytest.raises(openai.BadRequestError, match="n"):
         client.chat.completions.create(model=_model(engine), messages=msg, n=2)
     with pytest.raises(openai.APIStatusError) as e:
-        client.chat.completions.create(model=_model(engine), messages=[{"role": "user", "content": "x" * 70000}])
+        client.chat.completions.create(model=_model(engine),
+                                       messages=[{"role": "user", "content": "x" * 70000}])
     assert e.value.status_code == 413
     head = {"Authorization": f"Bearer {KEY}"}
     r = httpx.post(url + "/v1/chat/completions", content=b"{not json", headers=head)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
-    r = httpx.post(url + "/v1/chat/completions", json={"model": _model(engine), "messages": "hi"}, headers=head)
+    r = httpx.post(url + "/v1/chat/completions", json={"model": _model(engine), "messages": "hi"},
+                   headers=head)
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages")
     assert httpx.get(url + "/health").json()["status"] == "ok"        # no key needed
     assert httpx.get(url + "/nowhere").status_code == 404
@@ -182,3 +184,51 @@ def test_bounded_load_every_request_answered_or_refused(smol):
     print(f"\nload: {outcomes.count('ok')} answered, {outcomes.count(503)} refused (503); "
           f"latency p50 {p50:.2f} s, p95 {p95:.2f} s; RSS {before:.0f} -> {after:.0f} MB")
     assert httpx.get(url + "/health").json()["slots_idle"] == 4
+
+
+class _SerialRunner:
+    """BatchRunner's interface over a scripted model (tests/fake_model.py): a fresh cache per generation."""
+
+    def __init__(self, model, *, slots, capacity):
+        self.model, self.capacity = model, capacity
+
+    def acquire(self, ids):
+        from clova_edge.runtime.batch import Lease
+        return Lease(0, self.model.new_cache(self.capacity), 0, self.model)
+
+    def release(self, lease, held):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_tool_round_trip_through_the_client(tiny_model_dir, monkeypatch):
+    from fake_model import scripted_engine
+    call = ('<|im_end|>\n<|im_start|>assistant -> tool/function_call\n'
+            '{"name": "get_weather", "input": {"location": "서울"}}<|im_end|><|stop|>')
+    engine = scripted_engine(tiny_model_dir, ["확인해 볼게요." + call, "서울은 21도, 맑아요.<|im_end|><|endofturn|>"])
+    monkeypatch.setattr("clova_edge.serve.worker.BatchRunner", _SerialRunner)
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
+                       "required": ["location"]}}}]
+    with serving(engine, ServeSettings(slots=1)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": "서울 날씨 어때?"}]
+        r = client.chat.completions.create(model=_model(engine), messages=messages, tools=tools)
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content == "확인해 볼게요."
+        (tc,) = choice.message.tool_calls
+        assert tc.function.name == "get_weather" and json.loads(tc.function.arguments) == {"location": "서울"}
+        messages += [choice.message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": tc.id, "content": '{"temperature": 21}'}]
+        r = client.chat.completions.create(model=_model(engine), messages=messages, tools=tools)
+        assert r.choices[0].message.content == "서울은 21도, 맑아요." and r.choices[0].finish_reason == "stop"
+    prompt = engine.tokenizer.decode(engine.model.prompts[1])
+    # the second request's prompt holds the call block as the model wrote it and the result in its role
+    assert ('확인해 볼게요.<|im_end|>\n<|im_start|>assistant -> tool/function_call\n'
+            '{"name": "get_weather", "input": {"location": "서울"}}<|im_end|><|stop|>\n'
+            '<|im_start|>tool/function_call\n{"result": {"temperature": 21}}<|im_end|>\n'
+            '<|im_start|>assistant\n') in prompt
+    assert prompt.startswith("<|im_start|>tool_list\n[{") and "<|im_start|>system\n" in prompt

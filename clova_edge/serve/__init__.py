@@ -1,4 +1,6 @@
-"""`clova-edge serve`: an OpenAI-compatible HTTP server over one loaded model (install: pip install '.[serve]').
+"""`clova-edge serve`: an OpenAI-compatible HTTP server over one loaded model.
+
+Install: pip install '.[serve]'.
 
     app.py       the Starlette app: routes, API key, body limits, errors in OpenAI's shape, SSE streaming
     requests.py  the request bodies (pydantic), validated and turned into prompts and GenerationSettings

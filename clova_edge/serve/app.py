@@ -2,9 +2,9 @@
 
     GET  /health                 liveness and free slots (no key needed)
     GET  /v1/models              the one model served, under its name (the Hub id when it came from the Hub)
-    POST /v1/chat/completions    messages -> the model's chat format (HyperCLOVAX: tool_list and system blocks,
-                                 the card's system prompt unless the messages have one); stream, tools,
-                                 response_format json_object / json_schema
+    POST /v1/chat/completions    messages -> the model's chat format (HyperCLOVAX: tool_list and system
+                                 blocks, the card's system prompt unless the messages have one); stream,
+                                 tools, response_format json_object / json_schema
     POST /v1/completions         raw text continued
 
 Errors are {"error": {"message", "type", "param", "code"}} with 400 (bad input), 401 (no or wrong key), 404
@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from clova_edge.runtime.errors import ClovaEdgeError
+from clova_edge.runtime.tools import normalize_tools
 from clova_edge.serve import replies
 from clova_edge.serve.requests import ChatRequest, CompletionRequest
 from clova_edge.serve.worker import Busy, Work, Worker
@@ -66,8 +67,9 @@ class HttpError(Exception):
         self.status, self.type, self.code, self.param, self.headers = status, type_, code, param, headers
 
 
-def error_response(status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
-                   param: str | None = None, headers: dict | None = None) -> JSONResponse:
+def error_response(status: int, message: str, *, type_: str = "invalid_request_error",
+                   code: str | None = None, param: str | None = None,
+                   headers: dict | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -99,12 +101,14 @@ def create_app(engine: Any, settings: ServeSettings, *, names: tuple[str, ...]) 
     async def chat(request: Request):
         body = ChatRequest.model_validate(await _json_body(request, settings))
         _check_model(body.model, names)
-        use_tools = body.use_tools()
-        tools = body.tools if use_tools else None
+        declared, use_tools = normalize_tools(body.tools), body.use_tools()
         schema = body.json_schema()
-        ids = engine.encode(body.chat_messages(), tools=body.tools or None)
+        if use_tools and schema is not None:
+            raise HttpError(400, "response_format and tools cannot be combined in one request",
+                            param="response_format")
+        ids = engine.encode(body.chat_messages(), tools=declared)
         constraint = (engine.constraint(json_schema=schema) if schema is not None
-                      else engine.tool_constraint(tools) if tools else None)
+                      else engine.tool_constraint(declared) if use_tools else None)
         work = _work(body, ids, worker_box["w"], engine, settings, tools=use_tools, constraint=constraint)
         return await _answer(worker_box["w"], work, replies.Chat(names[0], len(ids), body), body.stream)
 
@@ -131,7 +135,8 @@ def _guard(handler):
         try:
             return await handler(request)
         except HttpError as e:
-            return error_response(e.status, str(e), type_=e.type, code=e.code, param=e.param, headers=e.headers)
+            return error_response(e.status, str(e), type_=e.type, code=e.code, param=e.param,
+                                  headers=e.headers)
         except ValidationError as e:
             err = e.errors()[0]
             param = ".".join(str(p) for p in err["loc"])
@@ -143,7 +148,8 @@ def _guard(handler):
             return error_response(400, str(e), code=type(e).__name__)
         except Exception:
             log.exception("internal error on %s", request.url.path)
-            return error_response(500, "internal server error (a bug: please report it)", type_="server_error")
+            return error_response(500, "internal server error (a bug: please report it)",
+                                  type_="server_error")
     return guarded
 
 
@@ -185,7 +191,8 @@ def _work(body: Any, ids: list[int], worker: Worker, engine: Any, settings: Serv
           tools: bool = False, constraint: Any = None) -> Work:
     room = worker.capacity - len(ids)
     if room < 1:
-        raise HttpError(400, f"the prompt is {len(ids)} tokens; a request holds at most {worker.capacity - 1}",
+        raise HttpError(400, f"the prompt is {len(ids)} tokens; a request holds at most "
+                             f"{worker.capacity - 1}",
                         code="context_length_exceeded", param="messages")
     asked = body.requested_tokens()
     if asked is not None and settings.max_tokens is not None and asked > settings.max_tokens:
