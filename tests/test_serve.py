@@ -207,7 +207,8 @@ def test_tool_round_trip_through_the_client(tiny_model_dir, monkeypatch):
     from fake_model import scripted_engine
     call = ('<|im_end|>\n<|im_start|>assistant -> tool/function_call\n'
             '{"name": "get_weather", "input": {"location": "서울"}}<|im_end|><|stop|>')
-    engine = scripted_engine(tiny_model_dir, ["확인해 볼게요." + call, "서울은 21도, 맑아요.<|im_end|><|endofturn|>"])
+    engine = scripted_engine(tiny_model_dir,
+                             ["확인해 볼게요." + call, "서울은 21도, 맑아요.<|im_end|><|endofturn|>"])
     monkeypatch.setattr("clova_edge.serve.worker.BatchRunner", _SerialRunner)
     tools = [{"type": "function", "function": {
         "name": "get_weather", "description": "Weather of a city",
