@@ -91,3 +91,43 @@ def test_readme_python_example_runs(smollm2_model_dir, tmp_path):
                          timeout=300)
     assert out.returncode == 0, out.stderr
     assert "tok/s]" in out.stdout and len(out.stdout.strip().splitlines()) >= 3
+
+
+def test_readme_serve_section_runs_as_written(after_make_demo):
+    """The server command as written, then the curl lines and the openai example against it (port 8000)."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("openai")
+    import socket
+    import time
+    import urllib.request
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 8000)) == 0:
+            pytest.skip("port 8000 is in use here")
+    cwd, env = after_make_demo
+    text = section("Serve (an OpenAI-compatible API)")
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    serve = blocks[0].split("  #")[0].strip()
+    clients = [c.split("  #")[0].rstrip() for c in blocks[1].replace("\\\n", "").splitlines() if c.strip()]
+    server = subprocess.Popen(["bash", "-c", f"exec {serve}"], cwd=cwd, env=env, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            try:
+                urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        for command in clients:
+            out = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
+                                 timeout=120)
+            assert out.returncode == 0 and '"object"' in out.stdout and "error" not in out.stdout, \
+                (command, out.stdout)
+        code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+        out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and out.stdout.strip(), out.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
