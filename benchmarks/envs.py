@@ -5,14 +5,15 @@ ignored).
                  venv)
   venv-optimum   optimum-onnx[onnxruntime] (pins transformers < 4.58: its own copy shadows the main venv's)
   venv-llamacpp  llama-cpp-python's Python package from its PyPI sdist, bound to our own build of the
-                 llama.cpp it carries (vendor/llama.cpp): llama-bench, llama-quantize, llama-perplexity and
-                 the shared libraries
+                 llama.cpp it carries (vendor/llama.cpp): llama-bench, llama-quantize, llama-perplexity,
+                 llama-server (the serving peer, serving.py) and the shared libraries
 A peer venv reaches the main venv's packages (torch, transformers, numpy, clova_edge itself) through a .pth
 file that adds the main site-packages AFTER its own, so only what a peer pins is installed twice.
 
 llama.cpp is built with -DGGML_NATIVE=OFF and each x86 feature switched on from what /proc/cpuinfo reports
 (AMX always off: one of these VMs advertises AMX but faults on it). The build folder is keyed by those
-switches, so a build made on another CPU is never reused. Each step leaves a stamp
+switches, so a build made on another CPU is never reused; a tool added later (llama-server) is built into
+the same folder, incrementally (SERVER_FLAGS are not part of the key). Each step leaves a stamp
 and is skipped when its stamp exists; the seconds each install took go to .peers/install_seconds.json.
 """
 
@@ -31,7 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
-LLAMA_TARGETS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama")
+LLAMA_TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity", "llama-server")
+LLAMA_TARGETS = (*LLAMA_TOOLS, "llama")
+# What llama-server needs on top of the keyed flags of cmake_flags(): its CMake switch, and its web UI left
+# out (the UI's assets would otherwise be downloaded at build time: there is no internet here, and the
+# benchmark needs only the API). LLAMA_CURL (deprecated, ignored by this llama.cpp) and LLAMA_OPENSSL stay
+# OFF (cmake_flags()).
+SERVER_FLAGS = {"LLAMA_BUILD_SERVER": "ON", "LLAMA_BUILD_UI": "OFF", "LLAMA_USE_PREBUILT_UI": "OFF"}
 # ggml's CMake switch -> the /proc/cpuinfo flags the CPU must report for it to be ON. Machines of "one kind"
 # differ (an Intel Xeon with AVX-512 VNNI, an AMD EPYC with AVX2 only), so the build follows the CPU it runs
 # on. AMX stays off whatever the CPU says: this VM's Xeon advertises AMX but faults on it (SIGILL on quantized
@@ -67,7 +74,7 @@ class InstallError(RuntimeError):
 
 @dataclass(frozen=True)
 class LlamaCpp:
-    build_bin: Path        # llama-bench, llama-quantize, llama-perplexity and lib*.so
+    build_bin: Path        # llama-bench, llama-quantize, llama-perplexity, llama-server and lib*.so
     source: Path           # vendor/llama.cpp (convert_hf_to_gguf.py)
     python: Path           # interpreter whose `import llama_cpp` uses build_bin's libllama
 
@@ -150,12 +157,21 @@ def _fetch_sdist(log: Path) -> Path:
 
 
 def cmake_flags() -> list[str]:
+    """The flags the build folder is keyed by (the CPU's switches and the fixed options). They still say
+    LLAMA_BUILD_SERVER=OFF, as when the folder was first made: configure_flags() turns it on, so the key, and
+    with it the folder already built, stay the same."""
     flags = {"CMAKE_BUILD_TYPE": "Release", "BUILD_SHARED_LIBS": "ON", "GGML_NATIVE": "OFF",
              "LLAMA_BUILD_TESTS": "OFF", "LLAMA_BUILD_EXAMPLES": "OFF", "LLAMA_BUILD_SERVER": "OFF",
              "LLAMA_BUILD_APP": "OFF", "LLAMA_OPENSSL": "OFF", "LLAMA_CURL": "OFF"}
     if platform.machine() in ("x86_64", "AMD64"):
         flags.update(x86_flags(cpu_flags()))
     return [f"-D{k}={v}" for k, v in flags.items()]
+
+
+def configure_flags() -> list[str]:
+    """cmake_flags() with SERVER_FLAGS in place of their keyed values: what `cmake -S ... -B ...` gets."""
+    keyed = dict(f[2:].split("=", 1) for f in cmake_flags())
+    return [f"-D{k}={v}" for k, v in {**keyed, **SERVER_FLAGS}.items()]
 
 
 def install_llamacpp(jobs: int = 2) -> LlamaCpp:
@@ -166,10 +182,13 @@ def install_llamacpp(jobs: int = 2) -> LlamaCpp:
     t0 = time.perf_counter()
     sdist = _fetch_sdist(log)
     source = sdist / "vendor" / "llama.cpp"
-    if not all((build / "bin" / t).exists() for t in LLAMA_TARGETS[:3]):
-        _run(["cmake", "-S", source, "-B", build, *cmake_flags()], log)
+    # a folder that lacks a tool is configured again and builds only what is missing (make is incremental)
+    missing = [t for t in LLAMA_TOOLS if not (build / "bin" / t).exists()]
+    if missing:
+        what = "llama.cpp build" if not build.is_dir() else f"llama.cpp build (adding {', '.join(missing)})"
+        _run(["cmake", "-S", source, "-B", build, *configure_flags()], log)
         _run(["cmake", "--build", build, "-j", str(jobs), "--target", *LLAMA_TARGETS], log)
-        _record("llama.cpp build", time.perf_counter() - t0)
+        _record(what, time.perf_counter() - t0)
     python = peer_venv("llamacpp", ["diskcache>=5.6", "typing-extensions>=4.5"], extra_paths=(sdist,))
     return LlamaCpp(build / "bin", source, python)
 
