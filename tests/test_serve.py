@@ -130,14 +130,22 @@ def test_special_token_text_in_a_message_is_plain_text(smol):
 def test_a_client_that_goes_away_frees_its_slot(smol):
     engine, url, client = smol
     body = {"model": _model(engine), "messages": [{"role": "user", "content": "Count to a thousand."}],
-            "max_tokens": 1500, "stream": True, "ignore_eos": True}
+            "max_tokens": 4000, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", url + "/v1/chat/completions", json=body,
                       headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
         assert httpx.get(url + "/health").json()["slots_idle"] == 3
+    _wait_idle(url, 4)
+    with pytest.raises(httpx.TimeoutException):     # not streamed: the server notices within 16 tokens
+        httpx.post(url + "/v1/chat/completions", json={**body, "stream": False},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=1.5)
+    _wait_idle(url, 4)
+
+
+def _wait_idle(url, n):
     deadline = time.monotonic() + 10
-    while httpx.get(url + "/health").json()["slots_idle"] != 4:
+    while httpx.get(url + "/health").json()["slots_idle"] != n:
         assert time.monotonic() < deadline, "the slot of a client that went away was not freed"
         time.sleep(0.05)
 

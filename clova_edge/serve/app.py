@@ -110,7 +110,8 @@ def create_app(engine: Any, settings: ServeSettings, *, names: tuple[str, ...]) 
         constraint = (engine.constraint(json_schema=schema) if schema is not None
                       else engine.tool_constraint(declared) if use_tools else None)
         work = _work(body, ids, worker_box["w"], engine, settings, tools=use_tools, constraint=constraint)
-        return await _answer(worker_box["w"], work, replies.Chat(names[0], len(ids), body), body.stream)
+        reply = replies.Chat(names[0], len(ids), body)
+        return await _answer(request, worker_box["w"], work, reply, body.stream)
 
     async def completions(request: Request):
         body = CompletionRequest.model_validate(await _json_body(request, settings))
@@ -119,7 +120,7 @@ def create_app(engine: Any, settings: ServeSettings, *, names: tuple[str, ...]) 
         ids = engine.encode(text, chat_template=False)
         work = _work(body, ids, worker_box["w"], engine, settings)
         reply = replies.Completion(names[0], len(ids), body, echo=text if body.echo else "")
-        return await _answer(worker_box["w"], work, reply, body.stream)
+        return await _answer(request, worker_box["w"], work, reply, body.stream)
 
     routes = [Route("/health", health, methods=["GET"]), Route("/v1/models", _guard(models), methods=["GET"]),
               Route("/v1/chat/completions", _guard(chat), methods=["POST"]),
@@ -203,11 +204,14 @@ def _work(body: Any, ids: list[int], worker: Worker, engine: Any, settings: Serv
     return Work(ids, gen, tools=tools, constraint=constraint, ignore_eos=body.ignore_eos)
 
 
-async def _answer(worker: Worker, work: Work, reply: Any, stream: bool):
+async def _answer(request: Request, worker: Worker, work: Work, reply: Any, stream: bool):
     events = worker.stream(work)
     if not stream:
         async for event in events:
             reply.add(event)
+            if event.n_generated % 16 == 0 and await request.is_disconnected():
+                await events.aclose()      # nobody is waiting for this answer: free the slot
+                return JSONResponse({}, status_code=499)
         return JSONResponse(reply.whole(work.reused))
     first = await anext(events)       # admitted and started: errors so far are still a status code
 
