@@ -1,7 +1,7 @@
 """`make bench`: clova-edge and its peers on the same weights, same machine, same run -> benchmarks/results/.
 
     python -m clova_edge.benchmarks.bench [--models full,smollm2] [--only SUBSTR,...] [--repetitions 3]
-                                          [--smoke]
+                                          [--smoke] [--serving on|off|only]
 
 Steps: install the peers (envs.py), build the test models (export/testmodels.py: the full-size random
 HyperCLOVAX-shaped model for speed, SmolLM2-135M-Instruct with real weights for perplexity), convert them
@@ -9,7 +9,9 @@ for every runtime (prepare.py), probe this machine's read bandwidth, then run ea
 process (peers/runner.py, protocol.py) one at a time, recording the load average with each result. Results
 are rewritten after every run (a partial run keeps what it measured; --resume skips rows already measured)
 and rendered by report.py. --smoke: the tiny model, PyTorch and clova-edge only, one repetition, short
-prompts (seconds).
+prompts (seconds). Then the serving section (servers.py, serving.py: llama-server and clova-edge serve on
+the full-size model at 1, 2, 4 concurrent streams, when --models has full); --serving only runs it alone
+(minutes; the rest of OUT/bench.json is kept), --serving off skips it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Callable
 
 from clova_edge.runtime.manifest import KV_DTYPE_BYTES
 
-from . import envs, prepare, report
+from . import envs, prepare, report, servers
 from .bandwidth import read_bandwidth
 from .protocol import Spec
 
@@ -87,17 +89,6 @@ def quality_inputs(hf: Path, smoke: bool = False) -> dict[str, Any]:
             "agreement_tokens": 4 if smoke else 32, "repetition_penalty": AGREEMENT_PENALTY}
 
 
-def extra_recipe_folder(folder: Path, recipe: str, say: Callable[[str], None]) -> Path:
-    """`folder` re-quantized with another INT4 recipe into a sibling folder (made once)."""
-    from clova_edge.quant import QuantSettings, quantize_model_folder
-
-    out = folder.with_name(f"{folder.name}-{recipe}")
-    if not (out / "manifest.json").is_file():
-        say(f"  quantizing {folder.name} with recipe {recipe}")
-        quantize_model_folder(folder, QuantSettings.make(recipe=recipe, evaluate=False), out_folder=out)
-    return out
-
-
 def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
              clova_folder: Path | None = None, extra_recipes: tuple[str, ...] = EXTRA_RECIPES) -> list[Row]:
     """Install/convert what `peers` need for model `name` and list its rows (a failing peer is reported,
@@ -120,7 +111,8 @@ def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
     if "clova" in peers:
         def clova() -> list[Row]:
             folder = clova_folder or prepare.clova_model(hf, work / "clova", logs)
-            folders = [(folder, "")] + [(extra_recipe_folder(folder, r, say), r) for r in extra_recipes]
+            folders = [(folder, "")] + [(prepare.extra_recipe_folder(folder, r, say), r)
+                                        for r in extra_recipes]
             out = []
             for d, recipe in folders:
                 manifest = json.loads((d / "manifest.json").read_text())
@@ -211,13 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--clova-model", type=Path, default=None, help="exported folder to use (one model only)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per runtime run")
+    ap.add_argument("--serving", choices=("on", "off", "only"), default="on",
+                    help="the serving section: after the rest, not at all, or alone (--only filters it too)")
     ap.add_argument("--llama-bench", default=None,
                     help="GGUF types for llama-bench, e.g. Q4_0 ('' for none; default all, none with --only)")
     a = ap.parse_args(argv)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (the CLI's own progress lines)
     from clova_edge.export.testmodels import build
 
-    models = ["tiny"] if a.smoke else [m for m in a.models.split(",") if m]
+    models = [] if a.serving == "only" else ["tiny"] if a.smoke else [m for m in a.models.split(",") if m]
     peers = {"torch_fp32", "clova"} if a.smoke else set(a.peers.split(","))
     only = [s for s in a.only.split(",") if s]
     spec = Spec(threads=a.threads, repetitions=a.repetitions)
@@ -225,12 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = Spec(threads=1, repetitions=1, prompt_lengths=(8, 16), decode_tokens=4, short_context=8,
                     long_context=24, long_decode_tokens=4, vocab_limit=200)
     json_path = a.out / "bench.json"
-    results: dict[str, Any] = json.loads(json_path.read_text()) if a.resume and json_path.is_file() else {}
+    keep = a.resume or a.serving == "only"      # the section alone replaces only results["serving"]
+    results: dict[str, Any] = json.loads(json_path.read_text()) if keep and json_path.is_file() else {}
     results.update({"machine": machine(), "spec": spec.to_dict(), "install_seconds": envs.install_seconds()})
-    say("probing read bandwidth ...")
-    probes = {str(t): read_bandwidth(t, mib=64 if a.smoke else 512, work=WORK) for t in (1, 2)}
-    results["bandwidth_gbs"] = {t: gbs for t, (gbs, _) in probes.items()}
-    results["bandwidth_probe"] = probes["1"][1]
+    if models:
+        say("probing read bandwidth ...")
+        probes = {str(t): read_bandwidth(t, mib=64 if a.smoke else 512, work=WORK) for t in (1, 2)}
+        results["bandwidth_gbs"] = {t: gbs for t, (gbs, _) in probes.items()}
+        results["bandwidth_probe"] = probes["1"][1]
     models_out = results.setdefault("models", {})
     for name in models:
         hf = build(name)
@@ -272,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"[{name}] llama-bench {', '.join(types)} ...")
                 entry["llama_bench"] = llama_bench(picked, a.threads, a.repetitions)
                 report.write_all(results, a.out)
+    if a.serving == "only" or (a.serving == "on" and "full" in models):
+        full = rows_for("full", build("full"), {"llamacpp", "clova"}, say, a.clova_model, ())
+        served = servers.served_rows(full, a.threads)
+        servers.run_section(served, WORK / "logs" / "serving", say, results=results, resume=a.resume,
+                            only=only, threads=a.threads, save=lambda: report.write_all(results, a.out))
     results["install_seconds"] = envs.install_seconds()
     report.write_all(results, a.out)
     say(f"wrote {a.out}/bench.json, bench.md, bench.png")

@@ -4,7 +4,7 @@
   ortgenai  onnxruntime-genai's model builder: -p int4 / int8, CPU, accuracy level 4
   optimum   optimum's text-generation-with-past ONNX export (fp32; --no-post-process: > 2 GB graphs), and the
             same quantized with onnxruntime dynamic INT8 (optimum's own quantizer, AVX-512 VNNI config)
-  clova     `clova-edge export` (fp32 + int8 + int4)
+  clova     `clova-edge export` (fp32 + int8 + int4); extra_recipe_folder: re-quantized with another recipe
 Each function skips work whose output exists and returns paths; `disk_bytes` and `weight_bytes_per_token`
 measure what the results report. Outputs go under the caller's work folder (.cache/bench/, ignored).
 """
@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .envs import LlamaCpp
 
@@ -72,6 +73,17 @@ def clova_model(hf: Path, out: Path, logs: Path) -> Path:
     if not (out / "manifest.json").is_file():
         cli = Path(sys.executable).with_name("clova-edge")
         _run([cli, "export", hf, out, "--force"], logs / "clova-export.log")
+    return out
+
+
+def extra_recipe_folder(folder: Path, recipe: str, say: Callable[[str], None]) -> Path:
+    """`folder` re-quantized with another INT4 recipe into a sibling folder (made once)."""
+    from clova_edge.quant import QuantSettings, quantize_model_folder
+
+    out = folder.with_name(f"{folder.name}-{recipe}")
+    if not (out / "manifest.json").is_file():
+        say(f"  quantizing {folder.name} with recipe {recipe}")
+        quantize_model_folder(folder, QuantSettings.make(recipe=recipe, evaluate=False), out_folder=out)
     return out
 
 

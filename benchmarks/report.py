@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report_quality as RQ
+from . import report_serving as RS
 
 MB = 1e6
 
@@ -141,6 +142,7 @@ def markdown(results: dict[str, Any]) -> str:
     goals = RQ.targets_table(results)
     if goals:
         out += ["### Targets of the INT4 quality issue (rows of this run)", "", goals, ""]
+    out += RS.markdown(results.get("serving", {}))
     if results.get("install_seconds"):
         out += ["Install times (s): "
                 + ", ".join(f"{k} {v:.0f}" for k, v in results["install_seconds"].items()), ""]
