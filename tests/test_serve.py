@@ -241,3 +241,20 @@ def test_tool_round_trip_through_the_client(tiny_model_dir, monkeypatch):
             '<|im_start|>tool/function_call\n{"result": {"temperature": 21}}<|im_end|>\n'
             '<|im_start|>assistant\n') in prompt
     assert prompt.startswith("<|im_start|>tool_list\n[{") and "<|im_start|>system\n" in prompt
+
+
+def test_cli_serve_bad_address_is_one_line_exit_2(smollm2_model_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+    cli = Path(sys.executable).parent / "clova-edge"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([str(cli), "serve", str(smollm2_model_dir), "--port", str(port)],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--port" in out.stderr, out.stderr
+    out = subprocess.run([str(cli), "serve", str(smollm2_model_dir), "--slots", "0"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "slots" in out.stderr and "Traceback" not in out.stderr, out.stderr

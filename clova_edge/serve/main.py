@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ def run(folder: Path, *, host: str, port: int, variant: str | None, threads: int
         settings: Any) -> None:
     if not 0 < port < 65536:
         raise ClovaEdgeError(f"--port {port} is not a TCP port (1-65535)")
+    sock = _listen(host, port)          # before the model loads: a busy port fails at once
     app, engine = build(folder, variant=variant, threads=threads, settings=settings)
     import uvicorn
     if not is_loopback(host) and settings.api_key is None:
@@ -59,4 +61,17 @@ def run(folder: Path, *, host: str, port: int, variant: str | None, threads: int
     names = served_names(engine.manifest)
     print(f"clova-edge serve: {names[0]} ({engine.model.variant.name}, {settings.slots} slots) on "
           f"http://{host}:{port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        raise ClovaEdgeError(f"cannot listen on {host}:{port} ({e.strerror or e}); give another --port "
+                             "or --host") from None
+    return sock
