@@ -92,6 +92,8 @@ class Worker:
         answer: list[int] = []
         stream = None
         try:
+            if lease is None:
+                raise RuntimeError("no free slot although the admission counted one")
             work.reused = lease.reused
             stream = self.engine.stream_ids(work.ids[lease.reused:], work.settings, cache=lease.cache,
                                             history=work.ids[:lease.reused], tools=work.tools,
@@ -110,7 +112,8 @@ class Worker:
         finally:
             if stream is not None:
                 stream.close()
-            self.runner.release(lease, work.ids + answer)
+            if lease is not None:
+                self.runner.release(lease, work.ids + answer)
             try:
                 loop.call_soon_threadsafe(self._finished)
             except RuntimeError:
