@@ -2,7 +2,7 @@
 
   llama-server     llama.cpp's server from our own build (envs.py), on the speed rows' GGUFs:
                    `llama-server -m X.gguf --parallel SLOTS -c SLOTS*SLOT_CTX -t THREADS`
-  clova-edge serve `clova-edge serve FOLDER --variant int4 --slots SLOTS --threads THREADS`
+  clova-edge serve `clova-edge serve FOLDER --variant int4 --slots SLOTS --context SLOT_CTX --threads THREADS`
 Each command is a plain list of arguments (a runtime whose options change is one function to edit). A server
 listens on 127.0.0.1 at a free port, is ready when GET /health answers 200 (bounded wait; a server that exits
 first is reported with its log's tail) and is stopped at the end: SIGTERM to its own process group, SIGKILL
@@ -44,11 +44,12 @@ def llama_server_args(tool: Path, gguf: Path, port: int, *, slots: int = SLOTS, 
             "--host", "127.0.0.1", "--port", str(port), "-t", str(threads)]
 
 
-def clova_serve_args(folder: Path, variant: str, port: int, *, slots: int = SLOTS, threads: int = 2,
-                     cli: Path | None = None) -> list[str]:
+def clova_serve_args(folder: Path, variant: str, port: int, *, slots: int = SLOTS, slot_ctx: int = SLOT_CTX,
+                     threads: int = 2, cli: Path | None = None) -> list[str]:
+    # --context: positions per slot, as llama-server's -c / --parallel (the same KV room for both)
     cli = cli or Path(sys.executable).with_name("clova-edge")
     return [str(cli), "serve", str(folder), "--variant", variant, "--host", "127.0.0.1", "--port", str(port),
-            "--slots", str(slots), "--threads", str(threads)]
+            "--slots", str(slots), "--context", str(slot_ctx), "--threads", str(threads)]
 
 
 class ServerError(RuntimeError):
