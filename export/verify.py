@@ -1,9 +1,10 @@
 """Check an exported graph against the Hugging Face PyTorch model: prefill, then greedy decode via the cache.
 
-The ONNX side is driven the way the runtime drives it: IOBinding, one preallocated OrtValue per layer K and V
-bound as both past and present (GroupQueryAttention's shared buffer, written in place). The prefill asks for
-the logits of every prompt position (the perplexity path), each decode step for one. Both sides are fed the
-reference model's greedy token (teacher forcing), so one near-tie cannot derail the comparison.
+The ONNX side is driven by the runtime's own driver (runtime/model.py OnnxModel): one preallocated buffer per
+layer K and V bound as both past and present (GroupQueryAttention's shared buffer, written in place). The
+prefill asks for the logits of every prompt position (the perplexity path), each decode step for one. Both
+sides are fed the reference model's greedy token (teacher forcing), so one near-tie cannot derail the
+comparison.
 
 Tolerance: |onnx - torch| <= LOGIT_RTOL * max(1, max|torch logits|) at every position and step. Both sides
 compute in fp32; they differ only in summation order (MLAS vs ATen GEMMs, fused RMSNorm, GQA's softmax), which
@@ -23,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from clova_edge.runtime import manifest as mf
 from clova_edge.runtime.errors import ExportError
-from clova_edge.runtime.manifest import ModelConfig
+from clova_edge.runtime.manifest import Manifest, ModelConfig
+from clova_edge.runtime.model import OnnxModel
 
 LOGIT_RTOL = 1e-3
 DEFAULT_STEPS = 16
@@ -62,45 +63,21 @@ def prompt_ids(folder: Path, vocab_size: int) -> list[int]:
 
 
 class _OnnxRunner:
-    """The runtime's binding: shared in-place KV buffers, small inputs rebound per step."""
+    """The graph through the runtime's driver (runtime/model.py): in-place KV buffers, one run per step."""
 
     def __init__(self, onnx_path: Path, config: ModelConfig, capacity: int, threads: int):
-        import onnxruntime as ort
-
-        self.ort = ort
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-        self.io = self.session.io_binding()
-        shape = (1, config.num_key_value_heads, capacity, config.head_dim)
-        self.kv = []
-        for pk, pv in mf.past_names(config.num_hidden_layers):
-            for name in (pk, pv):
-                ov = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
-                self.io.bind_ortvalue_input(name, ov)
-                self.kv.append((name, ov))
-        for (nk, nv), (_, ovk), (_, ovv) in zip(mf.present_names(config.num_hidden_layers),
-                                                 self.kv[0::2], self.kv[1::2]):
-            self.io.bind_ortvalue_output(nk, ovk)
-            self.io.bind_ortvalue_output(nv, ovv)
-        self.length = 0
-        self.vocab_size = config.vocab_size
+        bare = Manifest(folder=Path(onnx_path).parent, raw={}, config=config, variants={}, bos_token_id=None,
+                        stop_token_ids=(), stop_strings=(), generation={}, tokenizer_file="",
+                        tokenizer_config_file="")        # no manifest is written yet: only the config counts
+        self.model = OnnxModel.from_graph(bare, onnx_path, threads=threads)
+        self.cache = self.model.new_cache(capacity)
 
     def step(self, ids: list[int], all_logits: bool) -> np.ndarray:
         """Run S new tokens on top of the cache; logits [S or 1, vocab]."""
-        s = len(ids)
-        total = self.length + s
-        self.io.bind_cpu_input(mf.INPUT_IDS, np.array([ids], np.int64))
-        self.io.bind_cpu_input(mf.SEQLENS_K, np.array([total - 1], np.int32))
-        self.io.bind_cpu_input(mf.TOTAL_SEQ_LEN, np.array(total, np.int32))
-        index = np.arange(s, dtype=np.int64) if all_logits else np.array([s - 1], np.int64)
-        self.io.bind_cpu_input(mf.LOGITS_INDEX, index)
-        # A preallocated logits buffer: read by name-free identity (get_outputs() follows binding order).
-        logits = np.zeros((1, len(index), self.vocab_size), np.float32)
-        self.io.bind_ortvalue_output(mf.LOGITS, self.ort.OrtValue.ortvalue_from_numpy(logits))
-        self.session.run_with_iobinding(self.io)
-        self.length = total
-        return logits[0]
+        if all_logits:
+            return self.model.prefill(self.cache, np.asarray(ids, np.int64), all_logits=True)
+        assert len(ids) == 1, "decode steps are one token"
+        return np.array(self.model.decode(self.cache, ids[0]))[None]   # the runtime's decode binding
 
 
 def _cache_of(out: Any) -> Any:
