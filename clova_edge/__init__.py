@@ -20,6 +20,7 @@ _EXPORTS = {
     "ManifestError": "clova_edge.runtime.errors",
     "PromptError": "clova_edge.runtime.errors",
     "SettingsError": "clova_edge.runtime.errors",
+    "SessionError": "clova_edge.runtime.errors",
     "TokenizerError": "clova_edge.runtime.errors",
 }
 __all__ = sorted(_EXPORTS)

@@ -4,7 +4,10 @@
 system), then the turns. Each turn renders it all (conversation.py), keeps the longest prefix of ids already
 in the cache, rolls the cache back to it and prefills only the rest (through the Engine's seam:
 encode_messages, prepare_cache, stream_ids). When the conversation would overflow the context, the oldest
-whole turns are dropped (never the opening blocks) and the first event of the turn says so.
+whole turns are dropped (never the opening blocks) and the first event of the turn says so. With the
+Engine's prompt cache on, a new session starts with the opening blocks' rows already in its cache (prefilled
+once per Engine, or read from disk), so its first turn prefills only the user's message. save(path) writes
+the conversation with its KV rows (session_file.py); Engine.load_session(path) continues it.
 
 Tools (HyperCLOVAX): when an answer ends in a call block, its last event has finish_reason "tool_calls" and
 the calls; run them and give the results with add_tool_result(...), which streams the rest of the answer. A
@@ -16,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .chat_template import common_prefix
@@ -29,7 +33,7 @@ from .tools import Tool, ToolCall, normalize_tools, result_content
 class ChatSession:
     def __init__(self, engine: Any, *, system: SystemPrompt = DEFAULT, tools: Sequence[Tool] | None = None,
                  settings: GenerationSettings | None = None, today: dt.date | None = None,
-                 constrain_tools: bool = True):
+                 constrain_tools: bool = True, warm: bool = True):
         self.engine = engine
         self.settings = settings or engine.default_settings()
         self.tools = normalize_tools(tools)
@@ -42,6 +46,30 @@ class ChatSession:
         self.cache_ids: list[int] = []
         self.last: Event | None = None          # the last event of the last turn (stats for /stats)
         self._busy = threading.Lock()
+        if warm:
+            self._warm()
+
+    def _warm(self) -> None:
+        """Start the cache with the opening blocks' rows from the Engine's prompt cache (when it is on),
+        unless it holds them already."""
+        ids = self.engine.opening_ids(self.messages)
+        if ids and self.cache_ids[:len(ids)] == ids:
+            return
+        cache = self.engine.cached_opening(ids, room=self.settings.max_new_tokens)
+        if cache is not None:
+            self.cache, self.cache_ids = cache, ids
+
+    def save(self, path: str | Path) -> None:
+        """Write the conversation, its settings and its KV rows to `path` (atomically), for
+        Engine.load_session(path)."""
+        from .session_file import save_session
+
+        if not self._busy.acquire(blocking=False):
+            raise ClovaEdgeError("this ChatSession is answering; save it after the answer")
+        try:
+            save_session(self, path)
+        finally:
+            self._busy.release()
 
     def reset(self) -> None:
         """Forget the conversation but keep the opening blocks; the cache is kept (rolled back next turn)."""
@@ -56,6 +84,7 @@ class ChatSession:
         rest = [m for m in self.messages if m["role"] != "system"]
         at = 1 if rest and rest[0]["role"] == "tool_list" else 0    # the card's order: tool_list, system
         self.messages = rest[:at] + new_system + rest[at:]
+        self._warm()          # a new opening: the rows after the old system prompt are of no use any more
 
     @property
     def tokens_in_context(self) -> int:

@@ -6,7 +6,8 @@ chat format, see conversation.py, or raw text with `chat_template=False`), and `
 that keeps the KV cache across turns. The seam a chat uses: `encode_messages`, `prepare_cache` (roll a cache
 back and make room) and `stream_ids` (prefill ids onto a cache and stream). One Engine may be used from
 several threads at once: every call owns its cache and buffers (onnxruntime allows concurrent runs of one
-session); a ChatSession is for one thread at a time.
+session); a ChatSession is for one thread at a time. `prompt_cache` (prompt_cache.py) keeps the KV rows of
+the opening blocks every chat starts with; `load_session` continues a chat saved by ChatSession.save.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any, Iterator, Sequence
 from .chat import ChatSession
 from .chat_template import ChatTemplate
 from .constrain import AfterToken, Constraint, Grammars
-from .conversation import DEFAULT, ChatFormat, SystemPrompt, TurnReader
+from .conversation import DEFAULT, OPENING_ROLES, ChatFormat, SystemPrompt, TurnReader
 from .errors import ConstraintError, ManifestError, PromptError, TokenizerError
 from .generate import Event, stream
 from .manifest import Manifest, load_manifest, verify_files
 from .model import KVCache, OnnxModel
+from .prompt_cache import PromptCache
 from .settings import GenerationSettings
 from .tokenizer import Tokenizer
 from .tools import Tool, normalize_tools
@@ -32,17 +34,21 @@ Messages = Sequence[dict[str, Any]]
 
 
 class Engine:
-    def __init__(self, manifest: Manifest, model: OnnxModel, tokenizer: Tokenizer, template: ChatTemplate):
+    def __init__(self, manifest: Manifest, model: OnnxModel, tokenizer: Tokenizer, template: ChatTemplate, *,
+                 prompt_cache: PromptCache | None = None):
         self.manifest, self.model, self.tokenizer, self.template = manifest, model, tokenizer, template
+        self.prompt_cache = prompt_cache or PromptCache(model, enabled=False)
         self.format = ChatFormat(template, tokenizer,
                                  default_system=(manifest.raw.get("chat") or {}).get("default_system"))
 
     @classmethod
     def load(cls, folder: str | Path, *, variant: str | None = None, threads: int | None = None,
-             verify_checksums: bool = False) -> "Engine":
+             verify_checksums: bool = False, prompt_cache: bool = True,
+             prompt_cache_dir: str | Path | None = None) -> "Engine":
         """Load `folder` (written by `clova-edge export`). variant: "int4", "int8" or "fp32" (default: the
         smallest exported). verify_checksums re-hashes the weights (slow on a Pi; sizes are always
-        checked)."""
+        checked). prompt_cache: keep the opening blocks' KV rows in memory (False: off); prompt_cache_dir:
+        also on disk there (the CLI uses <folder>/.prompt-cache)."""
         manifest = load_manifest(folder)
         v = manifest.variant(variant)
         files = [v.file, *v.data_files, manifest.tokenizer_file, manifest.tokenizer_config_file]
@@ -59,7 +65,9 @@ class Engine:
         except TokenizerError as e:  # names the file; add what to do
             raise TokenizerError(f"{e}; re-export the model "
                                  f"(`clova-edge export MODEL {manifest.folder}`)") from None
-        return cls(manifest, OnnxModel(manifest, v, threads=threads), tokenizer, template)
+        model = OnnxModel(manifest, v, threads=threads)
+        return cls(manifest, model, tokenizer, template,
+                   prompt_cache=PromptCache(model, enabled=prompt_cache, folder=prompt_cache_dir))
 
     def default_settings(self, **overrides: Any) -> GenerationSettings:
         """The manifest's generation defaults (e.g. repetition_penalty 1.2 for HyperCLOVAX) with overrides."""
@@ -110,6 +118,19 @@ class Engine:
             raise PromptError("the prompt must be a str or a list of message dicts, "
                               f"got {type(prompt).__name__}")
         return self.encode_messages(self.format.prepare(prompt, system, normalize_tools(tools)))
+
+    def opening_ids(self, messages: Messages) -> list[int]:
+        """Ids of the opening blocks that `messages` begin with (tool_list, system), [] if none."""
+        n = next((i for i, m in enumerate(messages) if m.get("role") not in OPENING_ROLES), len(messages))
+        return self.encode_messages(messages[:n], add_generation_prompt=False) if n else []
+
+    def cached_opening(self, ids: list[int], *, room: int) -> KVCache | None:
+        """A new cache holding the rows of `ids` (an opening: from the prompt cache, or prefilled once and
+        kept) with room for `room` more; None when the prompt cache is off."""
+        if not self.prompt_cache.enabled or not ids or len(ids) >= self.model.config.context_length:
+            return None
+        cache = self.prepare_cache(None, keep=0, room=len(ids) + room)
+        return cache if self.prompt_cache.fill(cache, ids) else None
 
     def encode_messages(self, messages: Messages, *, add_generation_prompt: bool = True) -> list[int]:
         """Ids of exactly these messages in the model's chat format (no blocks added)."""
@@ -185,9 +206,22 @@ class Engine:
         constraint = self.constraint(json_schema=json_schema, regex=regex) or self.tool_constraint(tools)
         ids = self.encode(prompt, system=system, tools=tools, chat_template=chat_template,
                           allow_special=allow_special)
-        cache = self.prepare_cache(None, keep=0, room=len(ids) + settings.max_new_tokens)
-        events = self.stream_ids(ids, settings, cache=cache, tools=bool(tools), constraint=constraint)
+        opening = self._opening_of(prompt, system, tools, ids) if chat_template else []
+        cache = self.cached_opening(opening, room=len(ids) - len(opening) + settings.max_new_tokens)
+        keep = cache.length if cache is not None else 0
+        cache = cache or self.prepare_cache(None, keep=0, room=len(ids) + settings.max_new_tokens)
+        events = self.stream_ids(ids[keep:], settings, cache=cache, history=ids[:keep], tools=bool(tools),
+                                 constraint=constraint)
         return TurnReader(self.format).wrap(events) if tools else events
+
+    def _opening_of(self, prompt: str | Messages, system: SystemPrompt, tools: Sequence[Tool],
+                    ids: list[int]) -> list[int]:
+        """The opening ids of a prompt encoded as `ids`, if they are its prefix and leave a token to run."""
+        if not self.prompt_cache.enabled:
+            return []
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        opening = self.opening_ids(self.format.prepare(messages, system, tools))
+        return opening if len(opening) < len(ids) and ids[:len(opening)] == opening else []
 
     def generate(self, prompt: str | Messages, settings: GenerationSettings | None = None, *,
                  system: SystemPrompt = DEFAULT, chat_template: bool = True, allow_special: bool = False,
@@ -204,6 +238,14 @@ class Engine:
         constrain_tools: a call block the model writes is always a valid call (needs llguidance)."""
         return ChatSession(self, system=system, tools=tools, settings=settings,
                            constrain_tools=constrain_tools)
+
+    def load_session(self, path: str | Path) -> ChatSession:
+        """The chat saved by ChatSession.save(path), with its KV rows: it continues without re-reading the
+        conversation. A file that is damaged, of an unknown version, or of another model, variant or KV
+        layout raises SessionError."""
+        from .session_file import load_session
+
+        return load_session(self, path, ChatSession)
 
 
 def _check_sizes(manifest: Manifest, names: list[str]) -> None:

@@ -39,3 +39,8 @@ class ToolCallError(ClovaEdgeError, ValueError):
 
 class ConstraintError(ClovaEdgeError, ValueError):
     """Constrained output cannot be given: llguidance missing, or a JSON schema / regex it cannot compile."""
+
+
+class SessionError(ClovaEdgeError):
+    """A saved chat session (or a prompt-cache file) cannot be used: damaged, of an unknown version, or
+    written by another model, variant or KV layout (the message says which)."""
