@@ -12,8 +12,9 @@ from typing import Optional
 
 import typer
 
-from clova_edge.options import (MaxNew, MinP, ModelArg, ModelOpt, RepPen, Seed, Stop, Temp, Threads, TopK,
-                                 TopP, Variant, model_dir, read_stdin, variant_name)
+from clova_edge.options import (Load, MaxNew, MinP, ModelArg, ModelOpt, PromptCache, RepPen, Seed, Stop, Temp,
+                                 Threads, TopK, TopP, Variant, load_engine as _load, model_dir, read_stdin,
+                                 variant_name)
 from clova_edge.progress import StepProgress
 from clova_edge.runtime.errors import ClovaEdgeError
 
@@ -27,11 +28,6 @@ def _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetiti
                                    stop=tuple(stop) if stop else None)
 
 
-def _load(model: Optional[Path], option: Optional[Path], variant: Optional[str], threads: Optional[int]):
-    from clova_edge.runtime.engine import Engine
-    return Engine.load(model_dir(model, option), variant=variant_name(variant), threads=threads)
-
-
 @app.command()
 def chat(model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt,
          variant: Optional[str] = Variant, threads: Optional[int] = Threads,
@@ -40,21 +36,23 @@ def chat(model: Optional[Path] = ModelArg, model_opt: Optional[Path] = ModelOpt,
          tools: Optional[Path] = typer.Option(None, "--tools",
                                               help="JSON file of tool definitions (HyperCLOVAX)"),
          json_out: bool = typer.Option(False, "--json", help="not a terminal: print one JSON object"),
+         load: Optional[Path] = Load, prompt_cache: bool = PromptCache,
          max_new_tokens: Optional[int] = MaxNew, temperature: Optional[float] = Temp,
          top_k: Optional[int] = TopK, top_p: Optional[float] = TopP, min_p: Optional[float] = MinP,
          repetition_penalty: Optional[float] = RepPen,
          seed: Optional[int] = Seed, stop: Optional[list[str]] = Stop) -> None:
     """Chat interactively (in a terminal), or answer what stdin holds (in a pipe)."""
     from clova_edge.repl import answer_once, run_repl
-    engine = _load(model, model_opt, variant, threads)
+    engine = _load(model, model_opt, variant, threads, prompt_cache)
     settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
                          stop)
     from clova_edge.runtime.tools import load_tools
     tool_defs = load_tools(tools) if tools else None
     if sys.stdin.isatty() and not json_out:
-        run_repl(engine, settings, system, tools=tool_defs)
+        run_repl(engine, settings, system, tools=tool_defs, load=load)
     else:
-        answer_once(engine, settings, read_stdin(), system=system, json_out=json_out, tools=tool_defs)
+        answer_once(engine, settings, read_stdin(), system=system, json_out=json_out, tools=tool_defs,
+                    load=load)
 
 
 @app.command()
@@ -70,10 +68,11 @@ def generate(prompt: str = typer.Argument(..., help="the prompt (a user message;
              max_new_tokens: Optional[int] = MaxNew, temperature: Optional[float] = Temp,
              top_k: Optional[int] = TopK, top_p: Optional[float] = TopP, min_p: Optional[float] = MinP,
              repetition_penalty: Optional[float] = RepPen,
-             seed: Optional[int] = Seed, stop: Optional[list[str]] = Stop) -> None:
+             seed: Optional[int] = Seed, stop: Optional[list[str]] = Stop,
+             prompt_cache: bool = PromptCache) -> None:
     """Answer one prompt and print only the answer (pipe-friendly)."""
     from clova_edge.repl import answer_once
-    engine = _load(model, model_opt, variant, threads)
+    engine = _load(model, model_opt, variant, threads, prompt_cache)
     settings = _settings(engine, max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed,
                          stop)
     text = read_stdin() if prompt == "-" else prompt

@@ -58,6 +58,20 @@ MinP = typer.Option(None, "--min-p", help="drop tokens below min_p x the top pro
 RepPen = typer.Option(None, "--repetition-penalty", help="1 = off [default: manifest, 1.2 for HyperCLOVAX]")
 Seed = typer.Option(None, "--seed", help="seed for sampling (same seed, same answer)")
 Stop = typer.Option(None, "--stop", help="extra stop string (repeatable)")
+Load = typer.Option(None, "--load", help="continue a chat saved with /save FILE")
+PromptCache = typer.Option(True, "--prompt-cache/--no-prompt-cache",
+                           help="reuse the KV rows of the opening blocks (system prompt), in memory and in "
+                                "MODEL_DIR/.prompt-cache")
+
+
+def load_engine(model: Optional[Path], option: Optional[Path], variant: Optional[str],
+                threads: Optional[int], prompt_cache: bool = True):
+    """Engine.load of the folder the convention names; the prompt cache's files go to MODEL_DIR/.prompt-cache
+    (not written, and not read, with --no-prompt-cache)."""
+    from clova_edge.runtime.engine import Engine
+    folder = model_dir(model, option)
+    return Engine.load(folder, variant=variant_name(variant), threads=threads, prompt_cache=prompt_cache,
+                       prompt_cache_dir=folder / ".prompt-cache" if prompt_cache else None)
 
 
 def read_stdin() -> str:

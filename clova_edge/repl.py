@@ -7,12 +7,14 @@ import json
 import sys
 
 from clova_edge.keys import AnswerKeys
+from clova_edge.runtime.errors import ClovaEdgeError
 from clova_edge.runtime.engine import Engine
 from clova_edge.runtime.conversation import DEFAULT
 from clova_edge.runtime.generate import Event
 from clova_edge.runtime.settings import GenerationSettings
 
 HELP = """commands: /reset (forget the conversation)  /system TEXT (new system prompt)  /stats  /help  /exit
+/save FILE (the conversation with its KV cache)  /load FILE (continue a saved one)
 end a line with \\ to continue on the next line; Ctrl-C stops an answer, Ctrl-D leaves"""
 
 
@@ -44,12 +46,14 @@ def _read_message() -> str:
     return "\n".join(lines)
 
 
-def run_repl(engine: Engine, settings: GenerationSettings, system: str | None, tools=None) -> None:
+def run_repl(engine: Engine, settings: GenerationSettings, system: str | None, tools=None,
+             load: str | None = None) -> None:
     try:
         import readline  # noqa: F401  (line editing and history, wide characters included, where available)
     except ImportError:
         pass
-    session = engine.chat(system=_system(system), tools=tools, settings=settings)
+    session = engine.load_session(load) if load else engine.chat(system=_system(system), tools=tools,
+                                                                  settings=settings)
     ctx = engine.model.config.context_length
     last = None   # the last turn's final event; None after /reset
     print(f"clova-edge chat: {engine.manifest.folder} "
@@ -75,6 +79,20 @@ def run_repl(engine: Engine, settings: GenerationSettings, system: str | None, t
         elif command == "/system":
             session.set_system(arg.strip() or None)
             print("(system prompt set)" if arg.strip() else "(system prompt removed)")
+        elif command in ("/save", "/load"):
+            if not arg.strip():
+                print(f"(usage: {command} FILE)")
+                continue
+            try:
+                if command == "/save":
+                    session.save(arg.strip())
+                else:
+                    session, last = engine.load_session(arg.strip()), None
+            except ClovaEdgeError as e:     # the chat goes on; the message says what is wrong
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                continue
+            print(f"({'saved' if command == '/save' else 'loaded'}: {session.tokens_in_context} tokens, "
+                  f"{sum(m['role'] == 'user' for m in session.messages)} user turn(s))")
         elif command == "/stats":
             print(_stats_line(last, session.tokens_in_context, ctx))
         elif not text.strip():
@@ -126,11 +144,17 @@ def _answer(session, text: str, events=None) -> bool:
 
 
 def answer_once(engine: Engine, settings: GenerationSettings, text: str, *, system: str | None = None,
-                json_out: bool = False, raw: bool = False, tools=None, json_schema=None) -> None:
-    """Print only the answer (streamed), or one JSON object with text, token ids, finish reason and stats."""
+                json_out: bool = False, raw: bool = False, tools=None, json_schema=None,
+                load: str | None = None) -> None:
+    """Print only the answer (streamed), or one JSON object with text, token ids, finish reason and stats.
+    load: the answer continues the chat saved there (text only)."""
     parts, ids, last = [], [], None
-    for e in engine.stream(text.rstrip("\n"), settings, system=_system(system), tools=tools,
-                           chat_template=not raw, json_schema=json_schema):
+    if load is not None and json_out:
+        raise ClovaEdgeError("--load continues a saved chat as text; it cannot be combined with --json")
+    events = engine.load_session(load).send(text.rstrip("\n")) if load is not None else engine.stream(
+        text.rstrip("\n"), settings, system=_system(system), tools=tools, chat_template=not raw,
+        json_schema=json_schema)
+    for e in events:
         if json_out:
             parts.append(e.text)
         else:
@@ -140,8 +164,11 @@ def answer_once(engine: Engine, settings: GenerationSettings, text: str, *, syst
             ids.append(e.token_id)
         last = e
     if json_out:
+        # the prompt's opening may have come from the prompt cache: n_prompt counts only what was prefilled
+        n = len(engine.encode(text.rstrip("\n"), system=_system(system), tools=tools, chat_template=not raw))
         print(json.dumps({"text": "".join(parts), "tokens": ids, "finish_reason": last.finish_reason,
-                          "prompt_tokens": last.n_prompt, "generated_tokens": last.n_generated,
+                          "prompt_tokens": n, "cached_tokens": n - last.n_prompt,
+                          "generated_tokens": last.n_generated,
                           "ttft_s": round(last.ttft_s, 4), "prefill_tps": round(last.prefill_tps, 2),
                           "decode_tps": round(last.decode_tps, 2),
                           "tool_calls": [c.to_dict() for c in last.tool_calls]}, ensure_ascii=False))
