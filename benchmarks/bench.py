@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from clova_edge.runtime.manifest import KV_DTYPE_BYTES
 
-from . import envs, prepare, report, servers
+from . import constrained, envs, prepare, report, servers
 from .bandwidth import read_bandwidth
 from .protocol import Spec
 
@@ -124,7 +124,7 @@ def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
                                    sum(prepare.disk_bytes(d / x)
                                        for x in [info["file"], *info.get("data_files", [])]),
                                    variant=v))
-            return out
+            return out if name in EVAL_MODELS else out + constrained.rows(out)   # + the json-schema row
         attempt("clova-edge", clova)
     if "ortgenai" in peers:
         def ortgenai() -> list[Row]:
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 one = replace(spec, threads=1, prompt_lengths=(512,))
                 rec["one_thread"] = run_row(row, one, "ttft,decode", a.timeout)
             entry["rows"][row.label] = rec
+            constrained.record(entry)
             if "error" in rec["result"]:
                 say(f"  failed: {rec['result']['error'][-300:]}")
             report.write_all(results, a.out)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import constrained
 from . import report_quality as RQ
 from . import report_serving as RS
 
@@ -121,6 +122,7 @@ def markdown(results: dict[str, Any]) -> str:
     for name in results.get("models", {}):
         if any("ttft_s" in r.get("result", {}) for r in results["models"][name]["rows"].values()):
             out += [f"### {name}: speed", "", speed_table(results, name), ""]
+            out += constrained.markdown(name, results["models"][name])
             scaling = scaling_table(results, name)
             if scaling:
                 out += [f"### {name}: thread scaling 1 -> 2", "", scaling, ""]

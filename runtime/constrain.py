@@ -119,6 +119,10 @@ class Constraint:
         if not self._matcher.consume_token(int(token)):     # cannot happen after mask(); a bug if it does
             raise ConstraintError(f"token {token} broke the grammar: {self._matcher.get_error()}")
 
+    def reset(self) -> None:
+        """Start over: the next token begins a new answer (the grammar is not compiled again)."""
+        self._matcher.reset()
+
     @property
     def complete(self) -> bool:
         """The output so far is a whole, valid answer."""

@@ -3,8 +3,9 @@
     python -m clova_edge.benchmarks.peers.runner PEER MODEL_PATH SPEC_JSON OUT_JSON [--what ttft,decode,long]
 
 Started by bench.py with the peer's own interpreter (its virtual environment), one process per measurement, so
-that peak RSS belongs to that runtime alone. PEER is a module of this package: clova, torch_fp32, ortgenai,
-llamacpp, optimum; MODEL_PATH is what that adapter loads (a folder or a .gguf file).
+that peak RSS belongs to that runtime alone. PEER is a module of this package: clova, clova_json (clova-edge
+with a JSON-schema constraint), torch_fp32, ortgenai, llamacpp, optimum; MODEL_PATH is what that adapter
+loads (a folder or a .gguf file).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from clova_edge.benchmarks.protocol import Spec, measure
 
-PEERS = ("clova", "torch_fp32", "ortgenai", "llamacpp", "optimum")
+PEERS = ("clova", "clova_json", "torch_fp32", "ortgenai", "llamacpp", "optimum")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(adapter, spec, what=tuple(a.what.split(",")))
     result["peer"], result["model_path"], result["variant"] = a.peer, a.model, a.variant
     result["runtime_version"] = getattr(adapter, "version", None)
+    result.update(adapter.report(spec) if hasattr(adapter, "report") else {})   # an adapter's own figures
     Path(a.out).write_text(json.dumps(result, indent=1))
     return 0
 
