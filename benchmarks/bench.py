@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from clova_edge.runtime.manifest import KV_DTYPE_BYTES
 
-from . import constrained, envs, prepare, report, servers
+from . import constrained, envs, first_turn, prepare, report, servers
 from .bandwidth import read_bandwidth
 from .protocol import Spec
 
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_spec = replace(qspec, write_reference=row.label == "clova-edge fp32")
                 what = "ttft,decode" if a.smoke else "none"
             else:
-                run_spec, what = spec, "ttft,decode,long"
+                run_spec, what = first_turn.for_row(row, rows, spec, "ttft,decode,long")   # + the chat turn
             rec = {**describe(row), "result": run_row(row, run_spec, what, a.timeout)}
             if not ppl and row.label in SCALING:
                 one = replace(spec, threads=1, prompt_lengths=(512,))

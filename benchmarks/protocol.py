@@ -11,6 +11,7 @@ the same way:
   decode      gaps between consecutive tokens after a short prompt and after spec.long_context tokens;
               tok/s = 1 / median gap (the spread: from the 10th/90th percentile gaps)
   peak_rss    the runner process's peak resident memory over everything above (one process per runtime)
+  chat        the first turn of a chat with the prompt cache warm (first_turn.py; adapters with first_turn)
   quality     perplexity per evaluation text, KL / top-1 against the fp32 reference, greedy answers to the
               agreement prompts (benchmarks/quality.py)
 Synthetic prompts are fixed-seed random ids below the vocabulary size: speed does not depend on the text.
@@ -27,7 +28,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from . import quality
+from . import first_turn, quality
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class Spec:
     repetition_penalty: float = 1.0
     stop_ids: tuple[int, ...] = ()
     vocab_limit: int = 32000           # synthetic ids are drawn below this (every tokenizer here has them)
+    # the first chat turn (first_turn.inputs): system text, opening ids, per repetition user text + turn ids
+    chat_system: str = ""
+    chat_opening: tuple = ()
+    chat_texts: tuple = ()
+    chat_turns: tuple = ()
     seed: int = 0
 
     @classmethod
@@ -161,6 +167,8 @@ def measure(adapter: Adapter, spec: Spec, *,
         times = _time_decode(adapter, spec.long_context, spec.long_decode_tokens, spec, salt=200)
         res["decode_long"] = {"context": spec.long_context, **_decode_figures(times),
                               "prefill_and_decode_s": time.perf_counter() - t1}
+    if "chat" in what and spec.chat_turns and hasattr(adapter, "first_turn"):
+        res["chat_first_turn"] = first_turn.measure(adapter, spec)
     if spec.eval_texts and hasattr(adapter, "logits"):
         res["quality"] = quality.evaluate_texts(adapter.logits, spec.eval_texts, spec.perplexity_window,
                                                 spec.reference_dir, spec.write_reference)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import constrained
+from . import constrained, first_turn
 from . import report_quality as RQ
 from . import report_serving as RS
 
@@ -126,6 +126,7 @@ def markdown(results: dict[str, Any]) -> str:
             scaling = scaling_table(results, name)
             if scaling:
                 out += [f"### {name}: thread scaling 1 -> 2", "", scaling, ""]
+        out += first_turn.markdown(results, name)      # the first chat turn, prompt cache warm
         lb = llama_bench_table(results["models"][name])
         if lb:
             out += [f"### {name}: llama-bench (llama.cpp's own benchmark, same build and threads)", "",

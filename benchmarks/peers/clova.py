@@ -1,7 +1,9 @@
 """clova-edge: an exported folder (manifest.json) loaded with clova_edge.Engine, one variant (fp32/int8/int4).
 
 The loop is the runtime's own step (OnnxModel.prefill, then OnnxModel.decode per token on a preallocated
-in-place KV cache) with greedy argmax, EOS ignored. Perplexity: prefill with every position's logits.
+in-place KV cache) with greedy argmax, EOS ignored. Perplexity: prefill with every position's logits. The
+first chat turn (first_turn.py) goes through the product path instead: Engine.chat + ChatSession.send, with
+the Engine's prompt cache (in memory).
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ class ClovaAdapter:
     def step(self, token: int) -> np.ndarray:
         self._cache = self.model.ensure_capacity(self._cache, self._cache.length + 1)
         return np.array(self.model.decode(self._cache, token), np.float32)
+
+    def first_turn(self, system: str, opening: list[int], text: str, turn: list[int]) -> tuple[float, int]:
+        """A fresh chat's first turn (one token): when its first token arrived, and how many opening tokens
+        came from the prompt cache."""
+        chat = self.engine.chat(system=system, settings=self.engine.default_settings(max_new_tokens=1))
+        reused, first = chat.tokens_in_context if self.engine.prompt_cache.hits else 0, None
+        for event in chat.send(text):
+            if first is None:
+                first = time.perf_counter()
+        if chat.cache_ids != opening + turn:
+            raise RuntimeError("the chat's prompt ids are not the spec's (tokenizer or format mismatch)")
+        return first, reused
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         cache = self.model.new_cache(len(ids))
