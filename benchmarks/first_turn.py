@@ -74,11 +74,10 @@ def for_row(row: Any, rows: list[Any], spec: Any, what: str) -> tuple[Any, str]:
     return replace(spec, **inputs(clova, spec.repetitions)), what + ",chat"
 
 
-def measure(adapter: Any, spec: Any) -> dict[str, Any]:
+def measure(adapter: Any, spec: Any, summarize: Any) -> dict[str, Any]:
     """Cold first turn, then the warm ones: seconds from the start of the turn to its first token, and the
-    opening tokens each one reused (0 cold, all of them warm: else the cache was not used)."""
-    from .protocol import Summary
-
+    opening tokens each one reused (0 cold, all of them warm: else the cache was not used). summarize:
+    protocol.Summary.of (passed in: protocol imports this module)."""
     times, reused = [], []
     for text, turn in zip(spec.chat_texts, spec.chat_turns):
         t0 = time.perf_counter()
@@ -87,7 +86,7 @@ def measure(adapter: Any, spec: Any) -> dict[str, Any]:
         reused.append(n)
     return {"opening_tokens": len(spec.chat_opening), "user_tokens": USER_TOKENS,
             "turn_tokens": len(spec.chat_turns[0]), "reused_tokens": reused, "cold_s": times[0],
-            "ttft_s": asdict(Summary.of(times[1:])), "target_s": TARGET_MS / 1e3}
+            "ttft_s": asdict(summarize(times[1:])), "target_s": TARGET_MS / 1e3}
 
 
 def markdown(results: dict[str, Any], name: str) -> list[str]:

@@ -168,7 +168,7 @@ def measure(adapter: Adapter, spec: Spec, *,
         res["decode_long"] = {"context": spec.long_context, **_decode_figures(times),
                               "prefill_and_decode_s": time.perf_counter() - t1}
     if "chat" in what and spec.chat_turns and hasattr(adapter, "first_turn"):
-        res["chat_first_turn"] = first_turn.measure(adapter, spec)
+        res["chat_first_turn"] = first_turn.measure(adapter, spec, Summary.of)
     if spec.eval_texts and hasattr(adapter, "logits"):
         res["quality"] = quality.evaluate_texts(adapter.logits, spec.eval_texts, spec.perplexity_window,
                                                 spec.reference_dir, spec.write_reference)
