@@ -42,7 +42,7 @@ def ratios(section: dict[str, Any], label: str, n: str) -> tuple[float | None, f
 
 def serving_table(section: dict[str, Any]) -> str:
     head = ["server", "streams", "aggregate tok/s", "x own 1 stream", "x llama-server", "per-stream tok/s",
-            "latency p50 / p95 s", "TTFT p50 / p95 s", "errors", "load avg start/end"]
+            "latency p50 / p95 s", "TTFT p50 / p95 s", "errors", "other CPU (cores)", "load avg start/end"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, rec in section.get("rows", {}).items():
         if "streams" not in rec:
@@ -58,6 +58,7 @@ def serving_table(section: dict[str, Any]) -> str:
                      f"{_f(ttft.get('p50'), 2)} / {_f(ttft.get('p95'), 2)}",
                      f"{s.get('errors', 0)}/{s.get('requests', 0)}"
                      + (f" ({s['short_answers']} short)" if s.get("short_answers") else ""),
+                     _f(s.get("other_cpu_cores"), 2),
                      f"{load[0][0]:.1f}/{load[1][0]:.1f}" if all(load) else "-"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -86,7 +87,8 @@ def markdown(section: dict[str, Any]) -> list[str]:
            f"greedy, {sp['max_tokens']} tokens each (ignore_eos); {sp['slots']} slots, "
            f"{sp['threads']} threads",
            "", "Aggregate = completion tokens of all clients / wall time (prefills included). "
-           "x llama-server: against the fastest llama-server row at the same stream count.", "",
+           "x llama-server: against the fastest llama-server row at the same stream count. Other CPU: "
+           "what the rest of the machine used meanwhile (above ~0.1 cores the figure was shared).", "",
            serving_table(section), ""]
     goals = targets(section)
     if goals:

@@ -155,7 +155,7 @@ def measure_row(row: ServedRow, logs: Path, streams: tuple[int, ...], max_tokens
     try:
         with server as url:
             rec["startup_s"] = server.startup_s
-            rec["streams"] = serving.measure(url, streams, max_tokens=max_tokens)
+            rec["streams"] = serving.measure(url, streams, max_tokens=max_tokens, server_pid=server.proc.pid)
     except Exception as e:  # a server that fails is reported, the others still run
         rec["error"] = f"{type(e).__name__}: {e}"[-1500:]
     rec["load_avg_end"] = os.getloadavg()

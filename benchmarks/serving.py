@@ -13,7 +13,10 @@ Figures per stream count:
   ttft_s            request sent -> first chunk carrying content; latency_s: request sent -> stream ended
   stream_tok_s      per request, (tokens - 1) / (end - first token): the decode rate one client sees
 Tokens are the `usage.completion_tokens` of the final chunk (stream_options.include_usage), else the number of
-content chunks. Every wait is bounded (httpx timeouts, plus one deadline per stream count).
+content chunks. Every wait is bounded (httpx timeouts, plus one deadline per stream count). The load average
+says little here (the server itself keeps its threads busy), so each figure also has the CPU the rest of the
+machine used meanwhile: other_cpu_cores = (busy CPU of the machine - the server's - this client's) / wall,
+from /proc (Linux); above ~0.1 another job shared the cores and the figure is not clean.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -103,6 +107,21 @@ async def _client_loop(client: httpx.AsyncClient, model: str, index: int, prompt
     return [await one_request(client, chat_body(model, p, max_tokens)) for p in order]
 
 
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """Busy CPU seconds since boot: of the whole machine (/proc/stat: all but idle and iowait), or of
+    process `pid` with its reaped children (/proc/PID/stat); None where /proc has no answer."""
+    try:
+        if pid is None:
+            v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            ticks = sum(v) - v[3] - v[4]
+        else:   # the fields after "(comm)": utime, stime, cutime, cstime are the 12th-15th
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks = sum(int(x) for x in f[11:15])
+    except (OSError, ValueError, IndexError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
@@ -126,8 +145,10 @@ def summarize(requests: list[dict[str, Any]], wall_s: float, streams: int, max_t
 
 async def run_streams(base_url: str, streams: int, *, prompts: tuple[str, ...] = PROMPTS,
                       max_tokens: int = MAX_TOKENS, request_timeout: float = 300.0,
-                      deadline_s: float = 1800.0, api_key: str | None = None) -> dict[str, Any]:
-    """`streams` concurrent clients, each through every prompt; the summary of all their requests."""
+                      deadline_s: float = 1800.0, api_key: str | None = None,
+                      server_pid: int | None = None) -> dict[str, Any]:
+    """`streams` concurrent clients, each through every prompt; the summary of all their requests.
+    server_pid: the server's process, whose CPU is not counted as the others' (module doc)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     # read= bounds the wait for each next chunk, not the whole answer
     timeout = httpx.Timeout(request_timeout, connect=10.0)
@@ -136,6 +157,7 @@ async def run_streams(base_url: str, streams: int, *, prompts: tuple[str, ...] =
                                  headers=headers) as client:
         model = await model_id(client)
         load_start = os.getloadavg()
+        cpu0 = cpu_seconds(), cpu_seconds(server_pid), sum(os.times()[:2])
         t0 = time.perf_counter()
         jobs = [_client_loop(client, model, i, prompts, max_tokens) for i in range(streams)]
         try:
@@ -145,7 +167,12 @@ async def run_streams(base_url: str, streams: int, *, prompts: tuple[str, ...] =
             return {"streams": streams, "requests": n, "errors": n, "aggregate_tok_s": None,
                     "first_errors": [f"not done after {deadline_s:.0f} s"]}
         wall = time.perf_counter() - t0
+        cpu1 = cpu_seconds(), cpu_seconds(server_pid), sum(os.times()[:2])
     out = summarize([r for rs in per_client for r in rs], wall, streams, max_tokens)
+    if server_pid and None not in cpu0 + cpu1:
+        (m0, s0, c0), (m1, s1, c1) = cpu0, cpu1
+        out["server_cpu_cores"] = (s1 - s0) / wall
+        out["other_cpu_cores"] = max(0.0, (m1 - m0) - (s1 - s0) - (c1 - c0)) / wall
     return {**out, "model": model, "max_tokens": max_tokens, "prompts": len(prompts),
             "load_avg_start": load_start, "load_avg_end": os.getloadavg()}
 

@@ -62,14 +62,15 @@ def test_launcher_and_client_against_a_fake_server(tmp_path):
     port = servers.free_port()
     server = servers.Server([sys.executable, str(script), str(port)], port, tmp_path / "fake.log", timeout=30)
     with server as url:
-        res = serving.measure(url, (1, 2), max_tokens=8, prompts=serving.PROMPTS[:2])
+        res = serving.measure(url, (1, 2), max_tokens=8, prompts=serving.PROMPTS[:2],
+                              server_pid=server.proc.pid)
     assert server.proc.poll() is not None          # stopped on exit
     for n in ("1", "2"):
         s = res[n]
         assert (s["requests"], s["errors"], s["short_answers"]) == (2 * int(n), 0, 0), s.get("first_errors")
         assert s["completion_tokens"] == 8 * 2 * int(n) and s["tokens_from"] == ["usage"]
         assert s["aggregate_tok_s"] > 0 and 0 < s["ttft_s"]["p50"] <= s["latency_s"]["p50"]
-        assert s["model"] == "fake"
+        assert s["model"] == "fake" and s["server_cpu_cores"] >= 0 and s["other_cpu_cores"] >= 0
 
 
 def test_a_server_that_exits_is_reported_with_its_log(tmp_path):
