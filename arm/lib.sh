@@ -98,28 +98,46 @@ arm_remove_root() {
     rm -rf --one-file-system "$ARM_ROOT"
 }
 
-# Download the aarch64 wheels of the runtime's dependencies on the host, pinned to the host's numpy and
-# onnxruntime so that both sides run the same kernels.
+# What the arm64 venv gets from the wheelhouse: the runtime's dependencies, llguidance (the json extra: constrained
+# output) and the tests' own (pytest, hypothesis, jsonschema).
+ARM_TEST_DEPS=(pytest hypothesis jsonschema)
+
+# Download the aarch64 wheels of the runtime's dependencies on the host, pinned to the host's numpy, onnxruntime
+# and llguidance so that both sides run the same kernels and grammar engine.
 arm_download_wheels() {
     local host_py="$REPO_DIR/.venv/bin/python" pins=()
     if [ -x "$host_py" ]; then
         mapfile -t pins < <("$host_py" - <<'EOF'
-from importlib.metadata import version
-for name in ("numpy", "onnxruntime"):
-    print(f"{name}=={version(name)}")
+from importlib.metadata import PackageNotFoundError, version
+for name in ("numpy", "onnxruntime", "llguidance"):
+    try:
+        print(f"{name}=={version(name)}")
+    except PackageNotFoundError:
+        print(name)
 EOF
 )
     else
         host_py=python3
-        pins=(numpy onnxruntime)
+        pins=(numpy onnxruntime llguidance)
     fi
     mkdir -p "$ARM_WHEELS"
-    arm_log "pip download (aarch64, cp${ARM_PYVER/./}): ${pins[*]} typer jinja2 regex pytest hypothesis setuptools wheel"
+    arm_log "pip download (aarch64, cp${ARM_PYVER/./}): ${pins[*]} typer jinja2 regex ${ARM_TEST_DEPS[*]} setuptools wheel"
     nice "$host_py" -m pip download -q --dest "$ARM_WHEELS" --only-binary=:all: \
         --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux_2_27_aarch64 \
         --platform manylinux_2_28_aarch64 --platform manylinux_2_31_aarch64 \
         --python-version "$ARM_PYVER" --implementation cp --abi "cp${ARM_PYVER/./}" \
-        "${pins[@]}" typer jinja2 regex pytest hypothesis "setuptools>=68" wheel
+        "${pins[@]}" typer jinja2 regex "${ARM_TEST_DEPS[@]}" "setuptools>=68" wheel
+}
+
+# The wheelhouse has every wheel the venv installs (a wheelhouse or root cached before llguidance and jsonschema
+# were added gets them now), and the root's copy of it (/opt/wheels) matches.
+arm_sync_wheels() {
+    local want
+    for want in onnxruntime llguidance jsonschema rpds_py; do
+        [ -n "$(ls "$ARM_WHEELS"/${want}-*.whl 2>/dev/null)" ] || { arm_download_wheels; break; }
+    done
+    mkdir -p "$ARM_ROOT/opt/wheels"
+    cp -u "$ARM_WHEELS"/*.whl "$ARM_ROOT/opt/wheels/"
 }
 
 # debootstrap + python3-venv + CA certificates + /opt/venv with the runtime's dependencies. Stages are
@@ -133,18 +151,16 @@ arm_build_root() {
         arm_umount_all
         touch "$ARM_ROOT/.clova-stage-base"
     fi
-    [ -n "$(ls "$ARM_WHEELS"/onnxruntime-*aarch64*.whl 2>/dev/null)" ] || arm_download_wheels
     if [ ! -e "$ARM_ROOT/.clova-stage-venv" ]; then
         cp /etc/ssl/certs/ca-certificates.crt "$ARM_ROOT/usr/local/share/ca-certificates/host-ca.crt" 2>/dev/null || true
         cp /etc/resolv.conf "$ARM_ROOT/etc/resolv.conf" 2>/dev/null || true
-        rm -rf "$ARM_ROOT/opt/wheels" && mkdir -p "$ARM_ROOT/opt/wheels"
-        cp "$ARM_WHEELS"/*.whl "$ARM_ROOT/opt/wheels/"
+        rm -rf "$ARM_ROOT/opt/wheels" && arm_sync_wheels
         arm_mount_all
         arm_log "update-ca-certificates; python3 -m venv /opt/venv; pip install the wheels (emulated)"
         arm_chroot update-ca-certificates >/dev/null 2>&1 || true
         arm_chroot /usr/bin/python3 -m venv /opt/venv
         arm_chroot nice /opt/venv/bin/pip install -q --no-index --find-links /opt/wheels \
-            numpy onnxruntime typer jinja2 regex pytest hypothesis
+            numpy onnxruntime typer jinja2 regex "${ARM_TEST_DEPS[@]}"
         arm_chroot /opt/venv/bin/python -c "import numpy, onnxruntime; print('arm root ok:', numpy.__version__, onnxruntime.__version__)"
         arm_umount_all
         touch "$ARM_ROOT/.clova-stage-venv"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # arm/test-arm.sh - prove clova-edge on arm64: a Debian arm64 root run under qemu-user emulation (make test-arm).
-#   arm/test-arm.sh          build or restore the root, install the runtime as the README tells a Pi user, copy in
-#                            the exported INT4 test models, run `clova-edge generate`, the runtime-only tests and
-#                            the x86-vs-arm64 greedy comparison
+#   arm/test-arm.sh          build or restore the root, install the runtime as the README tells a Pi user (with the
+#                            json extra: llguidance's aarch64 wheel), copy in the exported INT4 test models, run
+#                            `clova-edge generate` (plain and --json-schema), the runtime-only tests and the
+#                            x86-vs-arm64 greedy comparison
 #   arm/test-arm.sh root     only build (or restore) the cached root
 #   arm/test-arm.sh shell    an interactive shell in the root (mounted; unmounted on exit)
 #   arm/test-arm.sh clean    unmount and delete arm/.root (keeps arm/.cache: the root tarball, wheels and models)
@@ -85,13 +86,17 @@ PY
     done
 }
 
-install_runtime() {  # the README's Pi install, offline: pip install . into a fresh venv, from the wheelhouse
+install_runtime() {  # the README's Pi install, offline: pip install '.[json]' into a fresh venv, from the wheelhouse
     rm -rf "$ARM_ROOT/opt/src" && mkdir -p "$ARM_ROOT/opt/src"
     (cd "$REPO_DIR" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -C "$ARM_ROOT/opt/src" -xf -
-    arm_chroot /opt/venv/bin/pip install -q --no-index --find-links /opt/wheels /opt/src
-    arm_chroot /opt/venv/bin/python -c "import sys, clova_edge, onnxruntime, numpy
+    arm_sync_wheels   # a root cached before llguidance and jsonschema joined the wheelhouse gets them here
+    arm_chroot /opt/venv/bin/pip install -q --no-index --find-links /opt/wheels '/opt/src[json]'
+    arm_chroot /opt/venv/bin/pip install -q --no-index --find-links /opt/wheels "${ARM_TEST_DEPS[@]}"
+    arm_chroot /opt/venv/bin/python -c "import sys, clova_edge, onnxruntime, numpy, llguidance
+from importlib.metadata import version
 assert 'torch' not in sys.modules
-print('clova_edge', clova_edge.__version__, 'onnxruntime', onnxruntime.__version__, 'numpy', numpy.__version__)"
+print('clova_edge', clova_edge.__version__, 'onnxruntime', onnxruntime.__version__, 'numpy', numpy.__version__,
+      'llguidance', version('llguidance'))"
     arm_chroot /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
         || arm_die "torch is installed in the arm64 venv: the runtime must not need it"
 }
@@ -121,6 +126,32 @@ for side, r in (("x86  ", x86), ("arm64", arm)):
 same = "tokens" in x86 and x86.get("tokens") == arm.get("tokens") and x86.get("text") == arm.get("text")
 print(f"{name} int4 clova-edge generate: {'tokens and text identical' if same else 'different (int8 activations)'}")
 sys.exit(0 if "tokens" in x86 and "tokens" in arm else 1)
+PY
+    done
+    run_generate_json_schema
+}
+
+# `clova-edge generate --json-schema` (llguidance) under emulation: the answer must parse and validate against the
+# README's example schema, and end because the grammar closed (finish_reason "stop"), on both models.
+run_generate_json_schema() {
+    local name arm schema=examples/person.schema.json
+    for name in $MODELS; do
+        arm="$(arm_chroot /opt/venv/bin/clova-edge generate "Describe a fictional person as JSON." \
+               --model "/opt/models/$name" --variant int4 --json --json-schema "/opt/src/$schema" \
+               --max-new-tokens 200 --temperature 0)" || arm='{"error": "failed on arm64"}'
+        "$HOST_PY" - "$name" "$arm" "$REPO_DIR/$schema" <<'PY' | tee -a "$RESULTS" || FAILED=1
+import json, sys
+import jsonschema
+name, r, schema = sys.argv[1], json.loads(sys.argv[2]), json.load(open(sys.argv[3]))
+try:
+    jsonschema.validate(json.loads(r["text"]), schema)
+    ok = r["finish_reason"] == "stop"
+except (KeyError, ValueError, jsonschema.ValidationError) as e:
+    ok, r = False, {**r, "error": r.get("error", str(e))}
+print(f"{name} int4 clova-edge generate --json-schema arm64: {r.get('text', r.get('error'))} "
+      f"({r.get('generated_tokens', '-')} tokens, finish {r.get('finish_reason', '-')}): "
+      f"{'parses and validates' if ok else 'FAILED'}")
+sys.exit(0 if ok else 1)
 PY
     done
 }
@@ -162,12 +193,14 @@ run_tests() {
     # (the source tree's clova_edge/ in the working directory would shadow the installed package).
     rm -rf "$ARM_ROOT/opt/tests-run" && mkdir -p "$ARM_ROOT/opt/tests-run"
     # runtime/ too: a test reads its sources (import rules); it is not importable as clova_edge from there.
+    # examples/: the README's example files, which its tests use.
     cp -r "$ARM_ROOT/opt/src/tests" "$ARM_ROOT/opt/src/runtime" "$ARM_ROOT/opt/src/README.md" \
-        "$ARM_ROOT/opt/src/pyproject.toml" "$ARM_ROOT/opt/tests-run/"
+        "$ARM_ROOT/opt/src/pyproject.toml" "$ARM_ROOT/opt/src/examples" "$ARM_ROOT/opt/tests-run/"
     # -k 'not quantize': those tests import clova_edge.quant (onnx) inside the test, which a Pi does not have.
+    # -rs: pytest.log says why each skipped test skipped (the results keep the rest of the summary).
     arm_chroot /bin/sh -c "cd /opt/tests-run && CLOVA_EDGE_TEST_MODELS=/opt/test-models /opt/venv/bin/pytest -q \
-        -p no:cacheprovider --durations=8 -k 'not quantize' ${files[*]}" >"$ARM_CACHE/pytest.log" 2>&1 || FAILED=1
-    tail -n 14 "$ARM_CACHE/pytest.log" | tee -a "$RESULTS"
+        -p no:cacheprovider --durations=8 -rs -k 'not quantize' ${files[*]}" >"$ARM_CACHE/pytest.log" 2>&1 || FAILED=1
+    grep -v '^SKIPPED' "$ARM_CACHE/pytest.log" | tail -n 14 | tee -a "$RESULTS"   # skip reasons (-rs): pytest.log
 }
 
 main() {
@@ -177,7 +210,7 @@ main() {
     phase "root ($restored)"; arm_ensure_root
     phase "export models (host)"; export_models
     arm_mount_all
-    phase "pip install . (arm64)"; install_runtime
+    phase "pip install .[json] (arm64)"; install_runtime
     copy_models
     phase "clova-edge generate"; run_generate
     phase "greedy x86 vs arm64"; run_greedy_check
