@@ -101,6 +101,8 @@ arm_remove_root() {
 # What the arm64 venv gets from the wheelhouse: the runtime's dependencies, llguidance (the json extra: constrained
 # output) and the tests' own (pytest, hypothesis, jsonschema).
 ARM_TEST_DEPS=(pytest hypothesis jsonschema)
+# The serve extra (`clova-edge serve`): starlette, uvicorn, pydantic (pydantic-core ships an aarch64 wheel).
+ARM_SERVE_DEPS=(starlette uvicorn pydantic)
 
 # Download the aarch64 wheels of the runtime's dependencies on the host, pinned to the host's numpy, onnxruntime
 # and llguidance so that both sides run the same kernels and grammar engine.
@@ -121,19 +123,20 @@ EOF
         pins=(numpy onnxruntime llguidance)
     fi
     mkdir -p "$ARM_WHEELS"
-    arm_log "pip download (aarch64, cp${ARM_PYVER/./}): ${pins[*]} typer jinja2 regex ${ARM_TEST_DEPS[*]} setuptools wheel"
+    arm_log "pip download (aarch64, cp${ARM_PYVER/./}): ${pins[*]} typer jinja2 regex ${ARM_TEST_DEPS[*]}" \
+        "${ARM_SERVE_DEPS[*]} setuptools wheel"
     nice "$host_py" -m pip download -q --dest "$ARM_WHEELS" --only-binary=:all: \
         --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux_2_27_aarch64 \
         --platform manylinux_2_28_aarch64 --platform manylinux_2_31_aarch64 \
         --python-version "$ARM_PYVER" --implementation cp --abi "cp${ARM_PYVER/./}" \
-        "${pins[@]}" typer jinja2 regex "${ARM_TEST_DEPS[@]}" "setuptools>=68" wheel
+        "${pins[@]}" typer jinja2 regex "${ARM_TEST_DEPS[@]}" "${ARM_SERVE_DEPS[@]}" "setuptools>=68" wheel
 }
 
-# The wheelhouse has every wheel the venv installs (a wheelhouse or root cached before llguidance and jsonschema
-# were added gets them now), and the root's copy of it (/opt/wheels) matches.
+# The wheelhouse has every wheel the venv installs (a wheelhouse or root cached before llguidance, jsonschema and
+# the serve extra were added gets them now), and the root's copy of it (/opt/wheels) matches.
 arm_sync_wheels() {
     local want
-    for want in onnxruntime llguidance jsonschema rpds_py; do
+    for want in onnxruntime llguidance jsonschema rpds_py starlette uvicorn pydantic_core; do
         [ -n "$(ls "$ARM_WHEELS"/${want}-*.whl 2>/dev/null)" ] || { arm_download_wheels; break; }
     done
     mkdir -p "$ARM_ROOT/opt/wheels"

@@ -86,11 +86,11 @@ PY
     done
 }
 
-install_runtime() {  # the README's Pi install, offline: pip install '.[json]' into a fresh venv, from the wheelhouse
+install_runtime() {  # the README's Pi install, offline: pip install '.[json,serve]' into the venv, from the wheelhouse
     rm -rf "$ARM_ROOT/opt/src" && mkdir -p "$ARM_ROOT/opt/src"
     (cd "$REPO_DIR" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -C "$ARM_ROOT/opt/src" -xf -
     arm_sync_wheels   # a root cached before llguidance and jsonschema joined the wheelhouse gets them here
-    arm_chroot /opt/venv/bin/pip install -q --no-index --find-links /opt/wheels '/opt/src[json]'
+    arm_chroot /opt/venv/bin/pip install -q --no-index --find-links /opt/wheels '/opt/src[json,serve]'
     arm_chroot /opt/venv/bin/pip install -q --no-index --find-links /opt/wheels "${ARM_TEST_DEPS[@]}"
     arm_chroot /opt/venv/bin/python -c "import sys, clova_edge, onnxruntime, numpy, llguidance
 from importlib.metadata import version
@@ -184,6 +184,35 @@ run_greedy_check() {
     done
 }
 
+# `clova-edge serve` under emulation (the serve extra from its aarch64 wheels): start it on a loopback port, wait for
+# /health (bounded), answer one chat completion through the OpenAI route, stop it.
+run_serve() {
+    local port=18471 name="${MODELS%% *}" pid ok=""
+    arm_chroot /opt/venv/bin/clova-edge serve "/opt/models/$name" --variant int4 --port "$port" --slots 2 \
+        >"$ARM_CACHE/serve.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 300); do
+        curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && { ok=1; break; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 1
+    done
+    local reply=""
+    if [ -n "$ok" ]; then
+        reply="$(curl -s --max-time 300 "http://127.0.0.1:$port/v1/chat/completions" -H 'content-type: application/json' \
+            -d "{\"model\": \"$name\", \"messages\": [{\"role\": \"user\", \"content\": \"$PROMPT\"}], \"max_tokens\": 8}")"
+    fi
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    if printf '%s' "$reply" | "$HOST_PY" -c "import json, sys; r = json.load(sys.stdin)
+assert r['object'] == 'chat.completion' and r['usage']['completion_tokens'] >= 1, r
+print('serve arm64: answered', r['usage']['completion_tokens'], 'tokens:', repr(r['choices'][0]['message']['content']))" \
+        >>"$RESULTS" 2>&1; then
+        tail -n 1 "$RESULTS"
+    else
+        echo "serve arm64: FAILED (reply: ${reply:0:200}); log: $(tail -n 3 "$ARM_CACHE/serve.log")" | tee -a "$RESULTS"
+        FAILED=1
+    fi
+}
+
 run_tests() {
     local files
     mapfile -t files < <(runtime_test_files)
@@ -214,6 +243,7 @@ main() {
     copy_models
     phase "clova-edge generate"; run_generate
     phase "greedy x86 vs arm64"; run_greedy_check
+    phase "clova-edge serve (arm64)"; run_serve
     phase "runtime tests (arm64)"; run_tests
     phase ""
     printf '%-28s %5ds\n' "total" $((SECONDS - T0)) >>"$TIMINGS"
