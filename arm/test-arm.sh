@@ -201,7 +201,12 @@ run_serve() {
         reply="$(curl -s --max-time 300 "http://127.0.0.1:$port/v1/chat/completions" -H 'content-type: application/json' \
             -d "{\"model\": \"$name\", \"messages\": [{\"role\": \"user\", \"content\": \"$PROMPT\"}], \"max_tokens\": 8}")"
     fi
-    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+    # $! is the subshell running arm_chroot; the server is its child (qemu), found by its command line
+    pkill -f "clova-edge serve /opt/models/$name --variant int4 --port $port" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 30); do pgrep -f "clova-edge serve /opt/models/$name" >/dev/null || break; sleep 1; done
+    pkill -9 -f "clova-edge serve /opt/models/$name" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
     if printf '%s' "$reply" | "$HOST_PY" -c "import json, sys; r = json.load(sys.stdin)
 assert r['object'] == 'chat.completion' and r['usage']['completion_tokens'] >= 1, r
 print('serve arm64: answered', r['usage']['completion_tokens'], 'tokens:', repr(r['choices'][0]['message']['content']))" \
