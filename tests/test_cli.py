@@ -112,9 +112,16 @@ def test_every_sampling_setting_is_a_flag():
         assert flag in out.stdout, flag
 
 
+def _default_sigint():
+    # a terminal's process gets Ctrl-C by default; a child inherits an ignored SIGINT from its parent (this
+    # process, after an earlier test's library set SIG_IGN), which would make Ctrl-C a no-op in the chat
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interactive_chat_in_a_terminal(smollm2_model_dir):
-    child = pexpect.spawn(CLI, ["chat", str(smollm2_model_dir), "--max-new-tokens", "300"], encoding="utf-8",
-                          timeout=180, dimensions=(40, 120))
+    child = pexpect.spawn(CLI, ["chat", str(smollm2_model_dir), "--max-new-tokens", "2000"], encoding="utf-8",
+                          timeout=180, dimensions=(40, 120), preexec_fn=_default_sigint)
     child.expect(">>> ")
     # the folder given, not the export's source
     assert f"clova-edge chat: {smollm2_model_dir} " in child.before
@@ -155,7 +162,7 @@ def test_interactive_chat_in_a_terminal(smollm2_model_dir):
 
 
 def test_ctrl_d_during_an_answer_stops_it_and_leaves(smollm2_model_dir):
-    child = pexpect.spawn(CLI, ["chat", str(smollm2_model_dir), "--max-new-tokens", "300"], encoding="utf-8",
+    child = pexpect.spawn(CLI, ["chat", str(smollm2_model_dir), "--max-new-tokens", "2000"], encoding="utf-8",
                           timeout=180, dimensions=(40, 120))
     child.expect(">>> ")
     child.sendline("Write a very long essay about the history of the sea, with many details.")
