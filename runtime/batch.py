@@ -72,6 +72,9 @@ class BatchRunner:
         self._cond = threading.Condition()
         self._closed = False
         self.steps = self.rows = 0                  # decode runs and the rows they carried (stats)
+        # each slot's logits, copied out of the run's buffer (the next run overwrites it while this slot's
+        # thread samples; the slot's own row is written again only after it submits its next step)
+        self._out = np.zeros((slots, model.config.vocab_size), np.float32)
         self._thread = threading.Thread(target=self._loop, name="clova-edge-batch", daemon=True)
         self._thread.start()
 
@@ -173,7 +176,8 @@ class BatchRunner:
     def _prefill(self, jobs: list[_Job]) -> list[np.ndarray]:
         job = jobs[0]
         rows = np.array([len(job.ids) - 1], np.int64)
-        return [self.model.run_chunk(self.kv.caches[job.slot], job.ids, rows)[-1].copy()]
+        np.copyto(self._out[job.slot], self.model.run_chunk(self.kv.caches[job.slot], job.ids, rows)[-1])
+        return [self._out[job.slot]]
 
     def _decode(self, jobs: list[_Job]) -> list[np.ndarray]:
         n = max(j.slot for j in jobs) + 1
@@ -186,7 +190,9 @@ class BatchRunner:
         self.steps, self.rows = self.steps + 1, self.rows + len(jobs)
         for j in jobs:
             caches[j.slot].length += 1
-        return [logits[j.slot].copy() for j in jobs]
+        for j in jobs:
+            np.copyto(self._out[j.slot], logits[j.slot])
+        return [self._out[j.slot] for j in jobs]
 
 
 class SlotModel:
