@@ -83,3 +83,21 @@ def scripted_engine(model_dir, replies: list[list[int] | str], **kw) -> Engine:
     ids = [r if isinstance(r, list) else tok.encode(r, allow_special=True) for r in replies]
     model = ScriptedModel(ids, real.model.config.vocab_size, real.model.config.context_length, **kw)
     return Engine(real.manifest, model, tok, real.template)
+
+
+def script_input(monkeypatch, lines, *, echo: bool = False) -> None:
+    """The REPL reads `lines` as the user's typing, then EOF (Ctrl-D); echo=True prints each prompt."""
+    import builtins
+    import io
+    import sys
+    it = iter(lines)
+
+    def fake_input(prompt=""):
+        if echo:
+            print(prompt, end="")
+        try:
+            return next(it)
+        except StopIteration:
+            raise EOFError from None
+    monkeypatch.setattr(builtins, "input", fake_input)
+    monkeypatch.setattr(sys, "stdin", io.StringIO())

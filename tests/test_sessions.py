@@ -4,8 +4,6 @@ chat's /save and /load, and `clova-edge chat --load`."""
 
 from __future__ import annotations
 
-import builtins
-import io
 import json
 import subprocess
 import sys
@@ -18,6 +16,7 @@ from clova_edge import Engine
 from clova_edge.runtime.errors import ClovaEdgeError, SessionError
 from clova_edge.runtime.session_file import MAGIC, open_kv_file, write_kv_file
 from clova_edge.runtime.settings import GenerationSettings
+from fake_model import script_input
 
 SAMPLED = GenerationSettings(max_new_tokens=8, temperature=0.8, top_p=0.9, seed=3, repetition_penalty=1.2)
 CLI = str(Path(sys.executable).with_name("clova-edge"))
@@ -143,16 +142,8 @@ def test_save_is_atomic_and_reports_unwritable_places(tiny, tmp_path):
 def test_repl_save_and_load(tiny, tmp_path, monkeypatch, capsys):
     from clova_edge import repl
     path = tmp_path / "r.session"
-    lines = iter(["hello", f"/save {path}", "/load", f"/load {tmp_path / 'nope'}", f"/load {path}", "/stats",
-                  "more"])
-
-    def fake_input(prompt=""):
-        try:
-            return next(lines)
-        except StopIteration:
-            raise EOFError from None
-    monkeypatch.setattr(builtins, "input", fake_input)
-    monkeypatch.setattr(sys, "stdin", io.StringIO())
+    script_input(monkeypatch, ["hello", f"/save {path}", "/load", f"/load {tmp_path / 'nope'}",
+                               f"/load {path}", "/stats", "more"])
     repl.run_repl(tiny, SAMPLED, None)
     out = capsys.readouterr()
     assert "(saved: " in out.out and "(loaded: " in out.out and "user turn(s))" in out.out

@@ -2,11 +2,8 @@
 <|stop|> / <|endofturn|>, the round trip's exact ids in the KV cache, and the CLI chat with --tools. The model
 is scripted (tests/fake_model.py): protocol handling cannot be judged on random weights."""
 
-import builtins
 import datetime as dt
-import io
 import json
-import sys
 
 import pytest
 
@@ -14,7 +11,7 @@ from clova_edge import GenerationSettings
 from clova_edge.runtime.chat import ChatSession
 from clova_edge.runtime.errors import ToolCallError
 from clova_edge.runtime.tools import ToolCall, load_tools, normalize_tools, parse_tool_calls, result_content
-from fake_model import scripted_engine
+from fake_model import script_input, scripted_engine
 from test_conversation import GOLDEN
 
 TOOLS = next(c for c in GOLDEN["cases"] if c["name"] == "tool_round_trip")["tools"]
@@ -154,16 +151,7 @@ def test_the_grammar_turns_whatever_the_model_writes_into_a_valid_call(tiny_mode
 def test_cli_chat_shows_calls_and_reads_results(tiny_model_dir, monkeypatch, capsys):
     from clova_edge import repl
     engine = scripted_engine(tiny_model_dir, ["확인해 볼게요." + CALL, "21도예요.<|im_end|><|endofturn|>"])
-    lines = iter(["서울 날씨 어때?", '{"temperature": 21}'])
-
-    def fake_input(prompt=""):
-        print(prompt, end="")
-        try:
-            return next(lines)
-        except StopIteration:
-            raise EOFError from None
-    monkeypatch.setattr(builtins, "input", fake_input)
-    monkeypatch.setattr(sys, "stdin", io.StringIO())
+    script_input(monkeypatch, ["서울 날씨 어때?", '{"temperature": 21}'], echo=True)
     repl.run_repl(engine, SETTINGS, None, tools=normalize_tools(TOOLS))
     out = capsys.readouterr().out
     assert '[tool call] get_weather {"location": "서울"}\nresult of get_weather> ' in out
