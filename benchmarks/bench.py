@@ -30,6 +30,7 @@ from typing import Any, Callable
 from clova_edge.runtime.manifest import KV_DTYPE_BYTES
 
 from . import constrained, envs, first_turn, prepare, report, servers
+from .prepare import selected
 from .bandwidth import read_bandwidth
 from .protocol import Spec
 
@@ -90,7 +91,8 @@ def quality_inputs(hf: Path, smoke: bool = False) -> dict[str, Any]:
 
 
 def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
-             clova_folder: Path | None = None, extra_recipes: tuple[str, ...] = EXTRA_RECIPES) -> list[Row]:
+             clova_folder: Path | None = None, extra_recipes: tuple[str, ...] = EXTRA_RECIPES,
+             only: list[str] | None = None) -> list[Row]:
     """Install/convert what `peers` need for model `name` and list its rows (a failing peer is reported,
     skipped).
     clova_folder: an already exported clova-edge folder to use instead of exporting hf."""
@@ -110,9 +112,10 @@ def rows_for(name: str, hf: Path, peers: set[str], say: Callable[[str], None],
                                         prepare.hf_weight_bytes_fp32(hf), 4, prepare.disk_bytes(hf))])
     if "clova" in peers:
         def clova() -> list[Row]:
-            folder = clova_folder or prepare.clova_model(hf, work / "clova", logs)
-            folders = [(folder, "")] + [(prepare.extra_recipe_folder(folder, r, say), r)
-                                        for r in extra_recipes]
+            wanted = tuple(b for b in (8, 4) if selected(f"clova-edge int{b}", only))
+            folder = clova_folder or prepare.clova_model(hf, work / "clova", logs, say, wanted)
+            extra = [r for r in extra_recipes if selected(f"clova-edge {r}", only)]
+            folders = [(folder, "")] + [(prepare.extra_recipe_folder(folder, r, say), r) for r in extra]
             out = []
             for d, recipe in folders:
                 manifest = json.loads((d / "manifest.json").read_text())
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="clova_edge.benchmarks.bench")
     ap.add_argument("--models", default="full,smollm2,smollm2-perm")
     ap.add_argument("--peers", default="clova,ortgenai,llamacpp,torch_fp32,optimum")
-    ap.add_argument("--only", default="", help="comma-separated substrings of row labels to run")
+    ap.add_argument("--only", default="",
+                    help="comma-separated substrings of row labels to run (ending in $: the whole label)")
     ap.add_argument("--repetitions", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     models_out = results.setdefault("models", {})
     for name in models:
         hf = build(name)
-        rows = rows_for(name, hf, peers, say, a.clova_model, () if a.smoke else EXTRA_RECIPES)
+        rows = rows_for(name, hf, peers, say, a.clova_model, () if a.smoke else EXTRA_RECIPES, only)
         # the fp32 row first: it writes the reference log-probs and answers the other quality rows
         # compare with
         rows.sort(key=lambda r: r.label != "clova-edge fp32")
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         qspec = replace(spec, **quality_inputs(hf, a.smoke), reference_dir=str(WORK / name / "reference")) \
             if ppl else spec
         for row in rows:
-            if only and not any(s in row.label for s in only):
+            if not selected(row.label, only):
                 continue
             done = entry["rows"].get(row.label, {}).get("result", {"error": "not run"})
             if a.resume and "error" not in done:
@@ -270,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["llama_bench"] = llama_bench(picked, a.threads, a.repetitions)
                 report.write_all(results, a.out)
     if a.serving == "only" or (a.serving == "on" and "full" in models):
-        full = rows_for("full", build("full"), {"llamacpp", "clova"}, say, a.clova_model, ())
+        full = rows_for("full", build("full"), {"llamacpp", "clova"}, say, a.clova_model, (), ["int4"])
         served = servers.served_rows(full, a.threads)
         servers.run_section(served, WORK / "logs" / "serving", say, results=results, resume=a.resume,
                             only=only, threads=a.threads, save=lambda: report.write_all(results, a.out))

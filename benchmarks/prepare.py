@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,11 @@ from typing import Callable
 from .envs import LlamaCpp
 
 GGUF_TYPES = ("Q4_0", "Q4_K_M", "Q8_0")
+
+
+def selected(label: str, only: list[str] | None) -> bool:
+    """--only: a row runs when a word is part of its label, or equals it when the word ends with '$'."""
+    return not only or any(label == s[:-1] if s.endswith("$") else s in label for s in only)
 
 
 def _run(cmd: list, log: Path, env: dict | None = None) -> None:
@@ -69,11 +75,32 @@ def optimum_models(hf: Path, out: Path, python: Path, logs: Path) -> dict[str, P
     return {"fp32": fp32, "int8": int8}
 
 
-def clova_model(hf: Path, out: Path, logs: Path) -> Path:
+def clova_model(hf: Path, out: Path, logs: Path, say: Callable[[str], None],
+                bits: tuple[int, ...] = (8, 4)) -> Path:
+    """The exported folder; a variant (of `bits`) quantized by another version of its default recipe (other
+    rules or calibration text: quant/recipe.py fingerprint) is quantized again, so no row measures a stale
+    one."""
     if not (out / "manifest.json").is_file():
         cli = Path(sys.executable).with_name("clova-edge")
         _run([cli, "export", hf, out, "--force"], logs / "clova-export.log")
+    from clova_edge.quant import QuantSettings, quantize_model_folder
+
+    for b in bits:
+        settings = QuantSettings.make(bits=b, evaluate=False)
+        if _stale(out, settings):
+            say(f"  quantizing {out.name} with the current recipe {settings.recipe.name}")
+            quantize_model_folder(out, settings)
     return out
+
+
+def _stale(folder: Path, settings) -> bool:
+    """True when the folder's variant of this recipe was not made by these exact rules and calibration."""
+    from clova_edge.quant.calibrate import calibration_text
+    from clova_edge.runtime.manifest import read_raw
+
+    entry = read_raw(folder)["variants"].get(settings.recipe.variant) or {}
+    made = (entry.get("quantization") or {}).get("recipe_fingerprint")
+    return made != settings.recipe.fingerprint(calibration_text())
 
 
 def extra_recipe_folder(folder: Path, recipe: str, say: Callable[[str], None]) -> Path:
@@ -81,9 +108,12 @@ def extra_recipe_folder(folder: Path, recipe: str, say: Callable[[str], None]) -
     from clova_edge.quant import QuantSettings, quantize_model_folder
 
     out = folder.with_name(f"{folder.name}-{recipe}")
+    settings = QuantSettings.make(recipe=recipe, evaluate=False)
+    if (out / "manifest.json").is_file() and _stale(out, settings):
+        shutil.rmtree(out)
     if not (out / "manifest.json").is_file():
         say(f"  quantizing {folder.name} with recipe {recipe}")
-        quantize_model_folder(folder, QuantSettings.make(recipe=recipe, evaluate=False), out_folder=out)
+        quantize_model_folder(folder, settings, out_folder=out)
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import httpx
 
 from . import serving
+from .prepare import selected
 
 SLOTS = 4
 SLOT_CTX = 512          # per slot: the prompts (~60 tokens with the template) + MAX_TOKENS fit with room
@@ -174,7 +175,7 @@ def run_section(rows: Sequence[ServedRow], logs: Path, say: Callable[[str], None
         "spec": {"streams": list(streams), "max_tokens": max_tokens, "prompts": len(serving.PROMPTS),
                  "slots": SLOTS, "slot_ctx": SLOT_CTX, "threads": threads}, "rows": dict(old)}
     for row in rows:
-        if only and not any(s in row.label for s in only):
+        if not selected(row.label, only):
             continue
         if "error" not in section["rows"].get(row.label, {"error": "not run"}):
             continue

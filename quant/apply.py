@@ -133,6 +133,7 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
         data_bytes = (tmp / data_name).stat().st_size
         quantization: dict[str, Any] = {
             "scheme": "MatMulNBits", "recipe": recipe.name, "summary": recipe.summary, "bits": recipe.bits,
+            "recipe_fingerprint": recipe.fingerprint(C.calibration_text()),
             "block_size": recipe.default.block_size, "symmetric": recipe.default.symmetric,
             "method": recipe.method, "accuracy_level": recipe.accuracy_level, "kv_cache": recipe.kv_cache,
             "lm_head": None if recipe.lm_head is None else recipe.lm_head.describe(),

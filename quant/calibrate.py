@@ -1,7 +1,8 @@
 """Calibration: the text every quantization statistic is measured on, and the statistics themselves.
 
-The calibration text is quant/data/calib*.txt (Korean prose from the first release, and a mixed
-English/code/Korean text). It is kept apart from the evaluation texts of quant/report.py (quant/data/eval/):
+The calibration text is quant/data/calib*.txt (see quant/data/CALIBRATION.md: prose, dialogue, code,
+technical writing and Korean, written for the project). It is kept apart from the evaluation texts of
+quant/report.py (quant/data/eval/):
 no activation statistic, KV-cache scale or recipe choice reads those, so the quality report measures text
 the quantizer never saw.
 Statistics: per-input-channel activation energy E[x^2] of every linear's input (the activation-aware method of
@@ -20,9 +21,15 @@ from clova_edge.runtime.model import OnnxModel
 
 from .plan import plan_graph
 
-CALIBRATION_FILES = ("calib.txt", "calib_mixed.txt")
+CALIBRATION_FILES = ("calib.txt", "calib_mixed.txt", "calib_prose.txt", "calib_dialogue.txt",
+                     "calib_code.txt", "calib_technical.txt", "calib_korean.txt")
 WINDOW = 512
-MAX_WINDOWS = 8       # 4,096 tokens of statistics; more changes the chosen scales very little
+# Windows of statistics at most (24,576 ids; the calibration texts are ~23K ids for HyperCLOVAX's tokenizer,
+# ~33K for SmolLM2's byte-level Korean). GPTQ fits its
+# Hessians: from 4,096 ids of two texts its codes fitted those texts (+6.5 % perplexity on them, +15 % on
+# unseen English and code); see benchmarks/studies/recipe_search.py, which scores on calibration windows
+# the statistics did not see.
+MAX_WINDOWS = 48
 
 
 def windows(ids: np.ndarray, size: int = WINDOW) -> Iterator[np.ndarray]:

@@ -37,9 +37,10 @@ def hessian_inverse_cholesky(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
 
 
 def quantize_blocks_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int = 128, *,
-                         symmetric: bool = True, damp: float = DAMP) -> P.BlockQuant:
+                         symmetric: bool = True, damp: float = DAMP, scale_bits: int = 32) -> P.BlockQuant:
     """Quantize W [N, K] blockwise along K with GPTQ, given H [K, K] = sum over tokens of x x^T of its
-    input."""
+    input. scale_bits 16: every scale is rounded to float16 before its block's codes are chosen, so the
+    error feedback sees the scale that will be stored."""
     P._check(bits, block_size)
     n, k = w.shape
     if h.shape != (k, k):
@@ -63,7 +64,7 @@ def quantize_blocks_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size
         _, s, z = P._quantize_chunk(wp[:, None, c0:c1].astype(np.float32),
                                     blk_imp[None, None, :].astype(np.float32),
                                     bits, symmetric, "search")
-        s = s[:, 0].astype(np.float64)
+        s = P.round_scales(s[:, 0], scale_bits).astype(np.float64)
         zf = np.full(n, float(qn)) if z is None else z[:, 0].astype(np.float64)
         scales[:, b] = s
         if zps is not None:

@@ -126,9 +126,22 @@ def _quantize_chunk(x: np.ndarray, imp: np.ndarray, bits: int, symmetric: bool, 
     return best_q, best_s, None if symmetric else best_z.astype(np.uint8)
 
 
+def round_scales(s: np.ndarray, scale_bits: int) -> np.ndarray:
+    """Scales as they will be stored: float32, or rounded to float16 (kept away from float16's zero, like
+    SCALE_EPS: the smallest float16 subnormal keeps its sign)."""
+    if scale_bits == 32:
+        return np.asarray(s, np.float32)
+    tiny = np.float32(np.finfo(np.float16).smallest_subnormal)
+    s = np.asarray(s, np.float32)
+    s = np.where(np.abs(s) < tiny, np.where(s < 0, -tiny, tiny), s)
+    return s.astype(np.float16).astype(np.float32)
+
+
 def quantize_blocks(w: np.ndarray, bits: int = 4, block_size: int = 32, *, symmetric: bool = True,
-                    method: str = "search", importance: np.ndarray | None = None) -> BlockQuant:
-    """Quantize W [N, K] blockwise along K. importance: optional [K] non-negative weights of the error."""
+                    method: str = "search", importance: np.ndarray | None = None,
+                    scale_bits: int = 32) -> BlockQuant:
+    """Quantize W [N, K] blockwise along K. importance: optional [K] non-negative weights of the error.
+    scale_bits 16: scales rounded to float16 values (the codes are chosen with the unrounded scale)."""
     _check(bits, block_size)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -148,7 +161,7 @@ def quantize_blocks(w: np.ndarray, bits: int = 4, block_size: int = 32, *, symme
     rows = max(1, _CHUNK_ELEMS // (nb * block_size))
     for r0 in range(0, n, rows):
         q, s, z = _quantize_chunk(blocks[r0:r0 + rows], imp, bits, symmetric, method)
-        codes[r0:r0 + rows], scales[r0:r0 + rows] = q, s
+        codes[r0:r0 + rows], scales[r0:r0 + rows] = q, round_scales(s, scale_bits)
         if zps is not None:
             zps[r0:r0 + rows] = z
     return BlockQuant(codes=codes, scales=scales, zero_points=zps, bits=bits, block_size=block_size, k=k)

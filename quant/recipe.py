@@ -10,6 +10,7 @@ recipe is the default, and why, is recorded next to RECIPES with the study that 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 from clova_edge.runtime.errors import QuantizeError
@@ -26,25 +27,31 @@ def _fail(msg: str) -> QuantizeError:
 
 @dataclass(frozen=True)
 class TensorRule:
-    """One weight format: MatMulNBits `bits` (4 or 8) in blocks of `block_size` along the input dimension."""
+    """One weight format: MatMulNBits `bits` (4 or 8) in blocks of `block_size` along the input dimension,
+    one scale per block stored in `scale_bits` (32, or 16: the node then runs in float16 between two Casts,
+    which halves what small blocks cost on disk; see quant/rewrite.py)."""
 
     bits: int
     block_size: int
     symmetric: bool = True
+    scale_bits: int = 32
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
             raise _fail(f"bits must be 4 or 8, got {self.bits!r}")
+        if self.scale_bits not in (16, 32):
+            raise _fail(f"scale_bits must be 16 or 32, got {self.scale_bits!r}")
         b = self.block_size
         if not isinstance(b, int) or b < 16 or b & (b - 1):
             raise _fail(f"block size must be a power of 2 of at least 16 (32, 64, 128, ...), got {b!r}")
 
     def bits_per_weight(self) -> float:
-        """Stored bits per weight: codes + an fp32 scale per block (+ a zero point of `bits` bits)."""
-        return self.bits + (32 + (0 if self.symmetric else self.bits)) / self.block_size
+        """Stored bits per weight: codes + a scale per block (+ a zero point of `bits` bits)."""
+        return self.bits + (self.scale_bits + (0 if self.symmetric else self.bits)) / self.block_size
 
     def describe(self) -> str:
-        return f"{self.bits}-bit/{self.block_size}{'' if self.symmetric else ' asym'}"
+        return (f"{self.bits}-bit/{self.block_size}{'' if self.symmetric else ' asym'}"
+                f"{' f16' if self.scale_bits == 16 else ''}")
 
 
 def in_layer_set(which: str, layer: int, num_layers: int) -> bool:
@@ -88,6 +95,11 @@ class Recipe:
     def bits(self) -> int:
         return self.default.bits
 
+    def fingerprint(self, calibration: str = "") -> str:
+        """Short hash of every rule and setting (and of the calibration text, when given): a folder
+        quantized under another fingerprint was made by another recipe, even if the name is the same."""
+        return hashlib.sha256((repr(self) + "\0" + calibration).encode()).hexdigest()[:12]
+
     @property
     def variant(self) -> str:
         """The manifest variant this recipe writes: int4 or int8."""
@@ -108,19 +120,32 @@ class Recipe:
 
 Q4_128 = TensorRule(4, 128)
 Q8_128 = TensorRule(8, 128)
-# The INT4 default, chosen by benchmarks/studies/recipe_search.py on the calibration text of the off-grid
-# SmolLM2 (export/offgrid.py; perplexity delta / mean KL / bits per linear weight):
-# int4-fast +23.8 % / 0.397 / 4.25; asymmetric blocks +21.7 % / 0.390; blocks of 64 +16.9 % / 0.312 / 4.56;
-# blocks of 32 +14.0 % / 0.255 / 5.0; GPTQ asym/128 +7.9 % / 0.205 / 4.28;
-# GPTQ asym/64 +7.4 % / 0.172 / 4.56; GPTQ asym/128 with down_proj in 8 bits in half the layers
-# +6.7 % / 0.151 / 4.74; GPTQ asym/128 with down_proj asym/64 +6.5 % / 0.195 / 4.35 (this one: the lowest
-# perplexity delta at the size of llama.cpp's Q4_K_M). fp32 activations or an fp32 KV cache changed
-# int4-fast by about one point: the loss is in the weights.
-INT4 = Recipe("int4", "GPTQ 4-bit asymmetric blocks of 128, down_proj in blocks of 64, 8-bit vocabulary "
-              "projection, int8 KV cache", TensorRule(4, 128, symmetric=False), Q8_128, method="gptq",
-              overrides=(("down", "all", TensorRule(4, 64, symmetric=False)),))
+H32, H64, H128 = (TensorRule(4, b, symmetric=False, scale_bits=16) for b in (32, 64, 128))
+# The INT4 default, chosen by benchmarks/studies/recipe_search.py on the off-grid SmolLM2 (export/offgrid.py),
+# statistics from two thirds of the calibration windows, scored on the third they did not see (10,752 ids;
+# perplexity delta / mean KL / top-1; llama.cpp Q4_K_M on the same ids: +7.20 % / 0.089 / 82.4 %, though on
+# SmolLM2 its K-quants fall back to Q5_0 / Q8_0 / Q6_K, as 576 is no multiple of their 256-wide super-blocks):
+#   previous default (GPTQ asym/128, down /64, fp32 scales) +9.43 % / 0.190 / 75.5 %;
+#   GPTQ asym/64 f16 +8.17 % / 0.162;  asym/32 f16 +5.68 % / 0.118 / 79.8 %;
+#   asym/32 f16 with a 4-bit vocabulary +9.78 % / 0.156 (the vocabulary stays 8-bit);
+#   asym/32 f16 + values 8-bit +4.38 % / 0.095 / 82.5 % (but 395 MB at the full-size shape);
+#   Y = asym/64 f16, gate_up /128, down and values /32: +7.37 % / 0.146; Y + values 8-bit in the end layers
+#   +6.97 % / 0.142; Y + o_proj /32 (this one) +6.88 % / 0.142 / 78.1 %.
+# The budget is llama.cpp Q4_K_M's file at the full-size HyperCLOVAX shape (368.1 MB): its vocabulary is
+# 6-bit (Q6_K), ours 8-bit (MatMulNBits has no 6-bit), so the linears get ~4.4 bits per weight; float16
+# scales (half of what a block's scale costs) buy blocks of 32 where the study found the error (down_proj,
+# values, o_proj) and 64 elsewhere, with gate_up (44 % of the linear weights) at 128.
+INT4 = Recipe("int4", "GPTQ 4-bit asymmetric blocks with float16 scales: /32 for down_proj, o_proj and the "
+              "values, /64 for q and k, /128 for gate_up; 8-bit vocabulary projection; int8 KV cache",
+              H64, TensorRule(8, 128, scale_bits=16), method="gptq",
+              overrides=(("gate_up", "all", H128), ("down", "all", H32), ("v", "all", H32),
+                         ("o", "all", H32)))
+PREVIOUS_INT4 = Recipe("int4-gptq128", "the INT4 default before float16 scales: GPTQ 4-bit asymmetric blocks "
+                       "of 128, down_proj /64, 8-bit vocabulary projection, int8 KV cache",
+                       TensorRule(4, 128, symmetric=False), Q8_128, method="gptq",
+                       overrides=(("down", "all", TensorRule(4, 64, symmetric=False)),))
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    INT4,
+    INT4, PREVIOUS_INT4,
     Recipe("int8", "8-bit blocks of 32, 8-bit vocabulary projection, fp32 KV cache: the faithful variant "
            "(block 128 triples its KL on SmolLM2)", TensorRule(8, 32), TensorRule(8, 32), kv_cache="float32"),
     Recipe("int4-fast", "4-bit symmetric blocks of 128, 8-bit vocabulary projection, int8 KV cache: "

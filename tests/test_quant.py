@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,30 @@ def test_rewrite_matches_numpy_dequantized_reference(bits, symmetric, lm_head):
     assert rel < (0.25 if bits == 4 else 0.02)
 
 
+def test_float16_scales_run_as_float16_nodes_between_casts():
+    model, w = _toy_model()
+    half = TensorRule(4, 32, symmetric=False, scale_bits=16)
+    recipe = Recipe("h", "h", half, TensorRule(8, 32, scale_bits=16), kv_cache="float32")
+    assert half.bits_per_weight() == 4 + (16 + 4) / 32 and half.describe() == "4-bit/32 asym f16"
+    q, records = rewrite_model(model, recipe)
+    assert {r["scale_bits"] for r in records} == {16}
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    nbits = [n for n in q.graph.node if n.op_type == "MatMulNBits"]
+    assert all(inits[n.input[2]].dtype == np.float16 for n in nbits)
+    to16 = [n for n in q.graph.node if n.op_type == "Cast" and n.input[0] in ("x", "r", "y2")]
+    assert len(to16) == 3                          # one Cast per activation, before its first reader
+    onnx.checker.check_model(q)
+    ids = RNG.integers(0, 96, (1, 7)).astype(np.int64)
+    got = _run(q, ids)
+    assert got.dtype == np.float32
+    # the same codes with float32 scales: equal up to float16 rounding of the nodes' outputs
+    q32, _ = rewrite_model(model, replace(recipe, default=replace(half, scale_bits=32),
+                                          lm_head=TensorRule(8, 32)))
+    ref = _run(q32, ids)
+    assert np.abs(got - ref).max() < 5e-3 * np.abs(ref).max()
+    assert np.abs(got - ref).max() > 0             # it did run in float16
+
+
 def test_rewrite_accuracy_level_4_and_per_role_overrides():
     model, w = _toy_model()
     ids = RNG.integers(0, 96, (1, 5)).astype(np.int64)
@@ -219,8 +244,11 @@ def test_tiny_folder_variants(tiny_quantized: Path, name: str, ops: set[str]):
     v = m.variant(name)
     verify_files(m, [v.file, *v.data_files])
     q = v.quantization
-    assert q["bits"] == int(name[3:]) and q["quantized_linears"] == len(q["tensors"]) == 9
-    assert {t["role"] for t in q["tensors"]} == {"qkv", "o", "gate_up", "down", "lm_head"}
+    # the INT4 recipe gives the values their own blocks: each layer's qkv is two tensors (qk, v)
+    split = name == "int4"
+    assert q["bits"] == int(name[3:]) and q["quantized_linears"] == len(q["tensors"]) == (11 if split else 9)
+    assert {t["role"] for t in q["tensors"]} == {"o", "gate_up", "down", "lm_head"} | (
+        {"qk", "v"} if split else {"qkv"})
     assert {t["layer"] for t in q["tensors"] if t["role"] != "lm_head"} == {0, 1}
     assert q["calibration"]["files"] and q["calibration"]["tokens"] > 0
     assert {"perplexity", "mean_kl", "top1_agreement", "ppl_delta_pct"} <= set(q["quality"]["all"])
@@ -307,7 +335,7 @@ def test_gptq_method_end_to_end(tiny_quantized: Path, tmp_path: Path):
         out = tmp_path / method
         quantize_model_folder(tiny_quantized, 4, method=method, eval_tokens=512, out_folder=out)
         v = load_manifest(out).variant("int4")
-        assert v.quantization["method"] == method and v.quantization["block_size"] == 128
+        assert v.quantization["method"] == method and v.quantization["block_size"] == 64   # the default rule
         kl[method] = v.quantization["quality"]["all"]["mean_kl"]
     assert kl["gptq"] < kl["act"], kl
 

@@ -3,8 +3,9 @@
     python -m clova_edge.benchmarks.studies.format_speed FOLDER [--formats 4/128,4/128a,4/64a,...] [--out F]
 
 FOLDER: an exported fp32 folder of the full-size HyperCLOVAX shape (random weights: speed does not depend on
-their values). Each format (bits/block, 'a' = asymmetric) is applied to every linear with round-to-nearest
-(the vocabulary projection stays 8-bit/128, the KV cache fp32, so only the linears differ); then decode
+their values). Each format (bits/block, 'a' = asymmetric, 'h' = float16 scales) is applied to every linear
+with round-to-nearest (the vocabulary projection at --lm-head, default 8-bit/128, the KV cache fp32, so only
+the linears differ); then decode
 tok/s after a 128-token prompt (median of 64 steps x 3) and the time to first token of a 512-token prompt.
 Rows of one run compare; the recipe that became the INT4 default (quant/recipe.py) was chosen with this and
 recipe_search.py.
@@ -28,8 +29,12 @@ from clova_edge.runtime.model import OnnxModel
 
 
 def parse(fmt: str) -> TensorRule:
-    bits, block = fmt.rstrip("a").split("/")
-    return TensorRule(int(bits), int(block), symmetric=not fmt.endswith("a"))
+    """bits/block, then 'a' for asymmetric blocks and 'h' for float16 scales: 4/128, 4/32a, 4/32ah."""
+    bits, block = fmt.split("/")
+    digits = block.rstrip("ah")
+    flags = block[len(digits):]
+    return TensorRule(int(bits), int(digits), symmetric="a" not in flags,
+                      scale_bits=16 if "h" in flags else 32)
 
 
 def time_model(model: OnnxModel, rng: np.random.Generator) -> dict:
@@ -54,14 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("folder", type=Path)
     ap.add_argument("--formats", default="4/128,4/128a,4/64,4/64a,4/32,4/32a,8/128")
+    ap.add_argument("--lm-head", default="8/128", help="format of the tied vocabulary projection")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
     manifest = load_manifest(a.folder)
     fp32 = onnx.load(str(a.folder / manifest.variants["fp32"].file))
-    results = {}
+    results = json.loads(a.out.read_text()) if a.out and a.out.is_file() else {}
     for fmt in a.formats.split(","):
-        recipe = Recipe(fmt, fmt, parse(fmt), TensorRule(8, 128), method="rtn", kv_cache="float32")
+        recipe = Recipe(fmt, fmt, parse(fmt), parse(a.lm_head), method="rtn", kv_cache="float32")
         q, records = rewrite_model(fp32, recipe)
         with tempfile.TemporaryDirectory(dir=a.folder) as tmp:
             path = Path(tmp) / "q.onnx"
@@ -69,11 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             del q
             size = (Path(tmp) / "q.onnx.data").stat().st_size
             model = OnnxModel.from_graph(manifest, path, threads=a.threads)
-            results[fmt] = {"data_mb": size / 1e6, **time_model(model, np.random.default_rng(0))}
+            key = f"{fmt} vocab {a.lm_head}"
+            results[key] = {"data_mb": size / 1e6, **time_model(model, np.random.default_rng(0))}
             del model
-        print(f"{fmt:8s} {results[fmt]['data_mb']:7.1f} MB  "
-              f"decode {results[fmt]['decode_tok_s']:6.1f} tok/s  "
-              f"TTFT512 {results[fmt]['ttft_512_s']:.2f} s", flush=True)
+        r = results[key]
+        print(f"{key:22s} {r['data_mb']:7.1f} MB  decode {r['decode_tok_s']:6.1f} tok/s  "
+              f"TTFT512 {r['ttft_512_s']:.2f} s", flush=True)
         if a.out:
             a.out.write_text(json.dumps(results, indent=1))
     return 0

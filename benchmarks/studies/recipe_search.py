@@ -1,12 +1,14 @@
 """Study: which INT4 recipe? Candidates scored on the CALIBRATION text only (never quant/data/eval/).
 
-    python -m clova_edge.benchmarks.studies.recipe_search FOLDER [FOLDER ...] [--out results.json]
+    python -m clova_edge.benchmarks.studies.recipe_search FOLDER [FOLDER ...] [--only A;B] [--out F]
 
-FOLDER: an exported fp32 clova-edge folder (SmolLM2 and its off-grid permutation, export/offgrid.py). For
-each candidate: the graph is rewritten (quant/rewrite.py), its int8 KV cache calibrated, and compared with
-fp32 on the calibration ids (quant/calibrate.py): perplexity delta, mean KL, top-1; plus the bits per weight
-it stores. The recipe that became the INT4 default (quant/recipe.py) cites this study's output in
-benchmarks/studies/README.md.
+FOLDER: an exported fp32 clova-edge folder (SmolLM2 and its off-grid permutation, export/offgrid.py). The
+calibration ids (quant/calibrate.py) are cut into windows of 512; every third window is set aside: the
+statistics (activation energies, GPTQ Hessians, int8 KV scales) come from the other two thirds and each
+candidate is scored on the third they did not see (a score on the fitted windows flatters GPTQ, which fits
+them). For each candidate: the graph is rewritten (quant/rewrite.py), its int8 KV cache calibrated, and
+compared with fp32: perplexity delta, mean KL, top-1; plus the bits per weight it stores. The recipe that
+became the INT4 default (quant/recipe.py) cites this study's output in benchmarks/studies/README.md.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from clova_edge.quant import calibrate as C
@@ -32,12 +35,31 @@ Q4, Q4A = TensorRule(4, 128), TensorRule(4, 128, symmetric=False)
 Q8 = TensorRule(8, 128)
 Q4A64 = TensorRule(4, 64, symmetric=False)
 DV8 = (("down", "more_bits", Q8), ("v", "more_bits", Q8))
+H32, H64, H128 = (TensorRule(4, b, False, 16) for b in (32, 64, 128))     # float16 scales
+Y_DV = (("down", "all", H32), ("v", "all", H32))
 
 
 def candidates() -> dict[str, Recipe]:
     base = RECIPES["int4-fast"]
     mk = lambda name, **kw: replace(base, name=name, **kw)  # noqa: E731
+    g = lambda name, default, *over, **kw: mk(name, default=default, method="gptq", overrides=over, **kw)  # noqa: E731
     return {
+        # the candidates of the float16-scale study (quant/recipe.py INT4 cites their figures)
+        "previous default: gptq asym/128 + down asym/64": g("prev", Q4A, ("down", "all", Q4A64)),
+        "gptq asym/64 f16": g("h64", H64),
+        "gptq asym/32 f16": g("h32", H32),
+        "gptq asym/32 f16, 4-bit asym/32 f16 vocabulary": g("h32lm4", H32, lm_head=H32),
+        "gptq asym/32 f16 + v 8-bit": g("h32v8", H32, ("v", "all", Q8)),
+        "gptq asym/64 f16 + down,v 8-bit (more_bits)": g("h64dv8", H64, *DV8),
+        "Y: gptq asym/64 f16, gate_up /128, down,v /32": g("Y", H64, ("gate_up", "all", H128), *Y_DV,
+                                                            lm_head=TensorRule(8, 1024)),
+        "Y + v 8-bit f16 (ends)": g("Z1", H64, ("gate_up", "all", H128), ("down", "all", H32),
+                                    ("v", "ends", TensorRule(8, 128, True, 16)), ("v", "all", H32)),
+        "Y + o /32, 8-bit f16 vocabulary": g("Z2", H64, ("gate_up", "all", H128), *Y_DV, ("o", "all", H32),
+                                            lm_head=TensorRule(8, 128, True, 16)),
+        "X: gptq asym/64 f16, gate_up /128, v 8-bit f16 (more_bits)": g(
+            "X", H64, ("gate_up", "all", H128), ("v", "more_bits", TensorRule(8, 128, True, 16)),
+            lm_head=TensorRule(8, 1024)),
         "int4-fast (sym/128)": base,
         "int4-fast, accuracy level 0 (fp32 activations)": mk("acc0", accuracy_level=0),
         "int4-fast, fp32 KV cache": mk("kv32", kv_cache="float32"),
@@ -67,10 +89,18 @@ def candidates() -> dict[str, Recipe]:
     }
 
 
+def split_windows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids of the windows the statistics see, ids of every third window, which they do not)."""
+    w = [ids[i:i + C.WINDOW] for i in range(0, len(ids) - 1, C.WINDOW)]
+    return (np.concatenate([x for i, x in enumerate(w) if i % 3 != 2]),
+            np.concatenate([x for i, x in enumerate(w) if i % 3 == 2]))
+
+
 def bits_per_weight(records: list[dict]) -> float:
     n = sum(r["shape"][0] * r["shape"][1] for r in records)
     b = sum(r["shape"][0] * r["shape"][1]
-            * TensorRule(r["bits"], r["block_size"], r["symmetric"]).bits_per_weight()
+            * TensorRule(r["bits"], r["block_size"], r["symmetric"],
+                         r.get("scale_bits", 32)).bits_per_weight()
             for r in records)
     return b / n
 
@@ -84,15 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = json.loads(a.out.read_text()) if a.out and a.out.is_file() else {}
     for folder in a.folders:
         manifest = load_manifest(folder)
-        ids = C.calibration_ids(manifest)
+        fit, held = split_windows(C.calibration_ids(manifest))
         t0 = time.perf_counter()
-        imp = C.activation_importance(manifest, ids)
+        imp = C.activation_importance(manifest, fit)
         need_h = any(r.method == "gptq" for r in candidates().values())
-        hess = C.activation_hessians(manifest, ids) if need_h else None
-        kv = calibrate_kv_scales(manifest, ids)
-        print(f"{folder}: {len(ids)} calibration ids, statistics {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr)
-        ref = reference_logprobs(manifest, {"calib": ids})
+        hess = C.activation_hessians(manifest, fit) if need_h else None
+        kv = calibrate_kv_scales(manifest, fit)
+        print(f"{folder}: {len(fit)} calibration ids fitted, {len(held)} scored, statistics "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        ref = reference_logprobs(manifest, {"calib": held})
         model = onnx.load(str(folder / manifest.variants["fp32"].file))
         out = results.setdefault(str(folder), {})
         for label, recipe in candidates().items():
@@ -105,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(dir=folder) as tmp:
                 path = Path(tmp) / "cand.onnx"
                 onnx.save_model(q, str(path), save_as_external_data=True, location="cand.onnx.data")
-                quality = quality_report(manifest, {"calib": ids}, quantized_file=path, reference=ref)["all"]
+                quality = quality_report(manifest, {"calib": held}, quantized_file=path, reference=ref)["all"]
                 size = (Path(tmp) / "cand.onnx.data").stat().st_size
             out[label] = {**quality, "data_bytes": size, "linear_bpw": bits_per_weight(
                 [r for r in records if r["role"] != "lm_head"]), "seconds": time.perf_counter() - t1}
