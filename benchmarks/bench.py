@@ -7,10 +7,11 @@ Steps: install the peers (envs.py), build the test models (export/testmodels.py:
 HyperCLOVAX-shaped model for speed, SmolLM2-135M-Instruct with real weights for perplexity), convert them
 for every runtime (prepare.py), probe this machine's read bandwidth, then run each runtime in its own
 process (peers/runner.py, protocol.py) one at a time, recording the load average with each result. Results
-are rewritten after every run (a partial run keeps what it measured; --resume skips rows already measured)
-and rendered by report.py. --smoke: the tiny model, PyTorch and clova-edge only, one repetition, short
-prompts (seconds). Then the serving section (servers.py, serving.py: llama-server and clova-edge serve on
-the full-size model at 1, 2, 4 concurrent streams, when --models has full); --serving only runs it alone
+are rewritten after every run (a partial run keeps what it measured; --resume keeps rows already measured,
+rerunning those --only names) and rendered by report.py. --smoke: the tiny model, PyTorch and clova-edge only,
+one repetition, short prompts (seconds). Then the serving section (servers.py, serving.py: llama-server and
+clova-edge serve on the full-size model at 1, 2, 4 concurrent streams, when --models has full); --serving only
+runs it alone
 (minutes; the rest of OUT/bench.json is kept), --serving off skips it.
 """
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import platform
 import subprocess
+import os
 import sys
 import tempfile
 import time
@@ -203,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repetitions", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--resume", action="store_true", help="keep rows already in OUT/bench.json")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep rows already in OUT/bench.json (rerun the ones --only names)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--clova-model", type=Path, default=None, help="exported folder to use (one model only)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per runtime run")
@@ -226,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     keep = a.resume or a.serving == "only"      # the section alone replaces only results["serving"]
     results: dict[str, Any] = json.loads(json_path.read_text()) if keep and json_path.is_file() else {}
     results.update({"machine": machine(), "spec": spec.to_dict(), "install_seconds": envs.install_seconds()})
+    # which command measured which rows: a resumed file holds rows of several invocations
+    results["invocations"] = [*(results.get("invocations") or [] if a.resume else []), {
+        "models": models, "command": "python -m clova_edge.benchmarks.bench " + " ".join(sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_avg": list(os.getloadavg())}]
     if models:
         say("probing read bandwidth ...")
         probes = {str(t): read_bandwidth(t, mib=64 if a.smoke else 512, work=WORK) for t in (1, 2)}
@@ -246,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             if not selected(row.label, only):
                 continue
-            done = entry["rows"].get(row.label, {}).get("result", {"error": "not run"})
-            if a.resume and "error" not in done:
+            old = entry["rows"].get(row.label, {})
+            # --resume continues a stopped run: a finished row is kept unless --only names it or its files
+            # changed since (e.g. re-quantized by a newer recipe)
+            if a.resume and not only and "error" not in old.get("result", {"error": "not run"}) \
+                    and old.get("disk_bytes") == row.disk:
                 continue
             say(f"[{name}] {row.label} ...")
             if ppl:
