@@ -74,6 +74,19 @@ m.graph.initializer.extend(inits)
 for vi in list(m.graph.input) + list(m.graph.output):
     if vi.name.startswith(("past_key_values.", "present.")):
         vi.type.tensor_type.elem_type = TensorProto.FLOAT
+# float16-scale nodes (quant/rewrite.py: Cast -> MatMulNBits/GatherBlockQuantized in float16 -> Cast) become float32
+# nodes with the same scales (float16 values are exact in float32): an arm64 CPU with float16 arithmetic would
+# otherwise compute them natively, which is not the fp32 reference this check needs
+from onnx import numpy_helper
+half = {n.input[2] for n in m.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+for i, t in enumerate(m.graph.initializer):
+    if t.name in half and t.data_type == TensorProto.FLOAT16:
+        onnx.external_data_helper.load_external_data_for_tensor(t, folder)
+        m.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype("float32"), t.name))
+for n in m.graph.node:   # Casts become Identity: float32 flows through
+    if n.op_type == "Cast" and (n.output[0].endswith("/to_f16") or n.input[0].endswith(("/out_f16", "/gbq_f16"))):
+        n.op_type = "Identity"
+        del n.attribute[:]
 onnx.save(m, f"{folder}/model.int4.acc0kv32.onnx")
 PY
         rm -rf "$out" && mv "$out.part" "$out"
