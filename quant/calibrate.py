@@ -24,11 +24,10 @@ from .plan import plan_graph
 CALIBRATION_FILES = ("calib.txt", "calib_mixed.txt", "calib_prose.txt", "calib_dialogue.txt",
                      "calib_code.txt", "calib_technical.txt", "calib_korean.txt")
 WINDOW = 512
-# Windows of statistics at most (24,576 ids; the calibration texts are ~23K ids for HyperCLOVAX's tokenizer,
-# ~33K for SmolLM2's byte-level Korean). GPTQ fits its
-# Hessians: from 4,096 ids of two texts its codes fitted those texts (+6.5 % perplexity on them, +15 % on
-# unseen English and code); see benchmarks/studies/recipe_search.py, which scores on calibration windows
-# the statistics did not see.
+# Windows of statistics at most: 24,576 ids (the calibration texts are ~23K ids with HyperCLOVAX's tokenizer,
+# ~33K with SmolLM2's byte-level Korean). GPTQ fits its Hessians: from 4,096 ids of two texts its codes fitted
+# those texts (+6.5 % perplexity on them, +15 % on unseen English and code); benchmarks/studies/recipe_search.py
+# scores on calibration windows the statistics did not see.
 MAX_WINDOWS = 48
 
 
