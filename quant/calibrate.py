@@ -26,8 +26,8 @@ CALIBRATION_FILES = ("calib.txt", "calib_mixed.txt", "calib_prose.txt", "calib_d
 WINDOW = 512
 # Windows of statistics at most: 24,576 ids (the calibration texts are ~23K ids with HyperCLOVAX's tokenizer,
 # ~33K with SmolLM2's byte-level Korean). GPTQ fits its Hessians: from 4,096 ids of two texts its codes fitted
-# those texts (+6.5 % perplexity on them, +15 % on unseen English and code); benchmarks/studies/recipe_search.py
-# scores on calibration windows the statistics did not see.
+# those texts (+6.5 % perplexity on them, +15 % on unseen English and code); the recipe study
+# (benchmarks/studies/recipe_search.py) scores on calibration windows the statistics did not see.
 MAX_WINDOWS = 48
 
 
