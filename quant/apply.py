@@ -135,7 +135,8 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
             "scheme": "MatMulNBits", "recipe": recipe.name, "summary": recipe.summary, "bits": recipe.bits,
             "recipe_fingerprint": recipe.fingerprint(C.calibration_text()),
             "block_size": recipe.default.block_size, "symmetric": recipe.default.symmetric,
-            "method": recipe.method, "accuracy_level": recipe.accuracy_level, "kv_cache": recipe.kv_cache,
+            "method": recipe.method, "rotate": recipe.rotate, "accuracy_level": recipe.accuracy_level,
+            "kv_cache": recipe.kv_cache,
             "lm_head": None if recipe.lm_head is None else recipe.lm_head.describe(),
             "calibration": {"files": list(C.CALIBRATION_FILES), "tokens": None if ids is None else len(ids)},
             "seconds": round(quant_seconds, 1), **summarize(records), "tensors": records}

@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 MIN_DIM = 16                               # smaller weights stay fp32 (nothing to gain)
+ROTATION_PREFIX = "rotation."              # quant/rotate.py's matrices: part of the function, kept fp32
 ROLES = ("qkv", "o", "gate_up", "down", "lm_head", "other")
 _NAME = re.compile(r"layers\.(\d+)\.(qkv_proj|o_proj|gate_up_proj|down_proj)$")
 
@@ -89,7 +90,8 @@ def plan_graph(graph: onnx.GraphProto) -> Plan:
             if bias is not None and (bias not in inits or len(inits[bias].dims) != 1):
                 continue
             linears.append(Linear(n, n.input[1], bool(attr(n, "transB", 0)), bias, n.input[0]))
-    linears = [lin for lin in linears if min(inits[lin.weight].dims) >= MIN_DIM]
+    linears = [lin for lin in linears if min(inits[lin.weight].dims) >= MIN_DIM
+               and not lin.weight.startswith(ROTATION_PREFIX)]
     gathers = [n for n in graph.node
                if n.op_type == "Gather" and is_w(n.input[0]) and attr(n, "axis", 0) == 0]
     for g in gathers:

@@ -23,6 +23,7 @@ from . import primitives as P
 from .gptq import quantize_blocks_gptq
 from .plan import Linear, plan_graph
 from .recipe import Recipe, TensorRule
+from .rotate import rotate_model, rotate_statistics
 
 MS = "com.microsoft"
 Progress = Callable[[str], None] | None
@@ -119,7 +120,13 @@ def rewrite_model(model: onnx.ModelProto, recipe: Recipe, *, importance: dict[st
     (shared by every node that reads it) and its output cast back to float32, so the rest of the graph, the
     residual stream included, stays float32. MatMulNBits quantizes its input to int8 at accuracy level 4
     anyway; the float16 output rounds each element by at most 2^-11 of itself, far below the 4-bit weight
-    error."""
+    error.
+
+    A recipe with `rotate` first rotates the graph (quant/rotate.py: the same function, outliers spread) and
+    carries the statistics over."""
+    if recipe.rotate != "none":
+        model, smap = rotate_model(model, recipe.rotate)
+        hessians, importance = rotate_statistics(smap, hessians, importance)
     graph = model.graph
     plan = plan_graph(graph)
     inits = {t.name: t for t in graph.initializer}

@@ -5,7 +5,8 @@
 FOLDER: an exported fp32 folder of the full-size HyperCLOVAX shape (random weights: speed does not depend on
 their values). Each format (bits/block, 'a' = asymmetric, 'h' = float16 scales) is applied to every linear
 with round-to-nearest (the vocabulary projection at --lm-head, default 8-bit/128, the KV cache fp32, so only
-the linears differ); then decode
+the linears differ); a recipe's name (quant/recipe.py) stands for its rules, also with round-to-nearest and
+an fp32 cache; '+mlp' or '+all' adds that rotation (quant/rotate.py). Then decode
 tok/s after a 128-token prompt (median of 64 steps x 3) and the time to first token of a 512-token prompt.
 Rows of one run compare; the recipe that became the INT4 default (quant/recipe.py) was chosen with this and
 recipe_search.py.
@@ -22,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from clova_edge.quant.recipe import Recipe, TensorRule
+from dataclasses import replace
+
+from clova_edge.quant.recipe import RECIPES, Recipe, TensorRule
 from clova_edge.quant.rewrite import rewrite_model
 from clova_edge.runtime.manifest import load_manifest
 from clova_edge.runtime.model import OnnxModel
@@ -35,6 +38,16 @@ def parse(fmt: str) -> TensorRule:
     flags = block[len(digits):]
     return TensorRule(int(bits), int(digits), symmetric="a" not in flags,
                       scale_bits=16 if "h" in flags else 32)
+
+
+def recipe_of(fmt: str, lm_head: str) -> Recipe:
+    """A format or recipe name, optionally with '+mlp' / '+all' (the rotation), as an RTN recipe."""
+    name, _, rotate = fmt.partition("+")
+    if name in RECIPES:
+        r = replace(RECIPES[name], method="rtn", kv_cache="float32")
+    else:
+        r = Recipe(fmt, fmt, parse(name), parse(lm_head), method="rtn", kv_cache="float32")
+    return replace(r, rotate=rotate or "none")
 
 
 def time_model(model: OnnxModel, rng: np.random.Generator) -> dict:
@@ -67,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = onnx.load(str(a.folder / manifest.variants["fp32"].file))
     results = json.loads(a.out.read_text()) if a.out and a.out.is_file() else {}
     for fmt in a.formats.split(","):
-        recipe = Recipe(fmt, fmt, parse(fmt), parse(a.lm_head), method="rtn", kv_cache="float32")
+        recipe = recipe_of(fmt, a.lm_head)
         q, records = rewrite_model(fp32, recipe)
         with tempfile.TemporaryDirectory(dir=a.folder) as tmp:
             path = Path(tmp) / "q.onnx"

@@ -37,10 +37,11 @@ Q4A64 = TensorRule(4, 64, symmetric=False)
 DV8 = (("down", "more_bits", Q8), ("v", "more_bits", Q8))
 H32, H64, H128 = (TensorRule(4, b, False, 16) for b in (32, 64, 128))     # float16 scales
 Y_DV = (("down", "all", H32), ("v", "all", H32))
+LM8H = TensorRule(8, 128, True, 16)                                        # the INT4 default's vocabulary
 
 
 def candidates() -> dict[str, Recipe]:
-    base = RECIPES["int4-fast"]
+    base = RECIPES["int4-first"]     # the first release's INT4: the unrotated, act-searched base
     mk = lambda name, **kw: replace(base, name=name, **kw)  # noqa: E731
     g = lambda name, default, *over, **kw: mk(name, default=default, method="gptq", overrides=over, **kw)  # noqa: E731
     return {
@@ -60,10 +61,24 @@ def candidates() -> dict[str, Recipe]:
         "X: gptq asym/64 f16, gate_up /128, v 8-bit f16 (more_bits)": g(
             "X", H64, ("gate_up", "all", H128), ("v", "more_bits", TensorRule(8, 128, True, 16)),
             lm_head=TensorRule(8, 1024)),
-        "int4-fast (sym/128)": base,
-        "int4-fast, accuracy level 0 (fp32 activations)": mk("acc0", accuracy_level=0),
-        "int4-fast, fp32 KV cache": mk("kv32", kv_cache="float32"),
-        "int4-fast, 8-bit/32 vocabulary": mk("lm32", lm_head=TensorRule(8, 32)),
+        # the rotation study (quant/rotate.py): the same rules on the rotated graph
+        "gptq asym/128 f16": g("h128", H128, lm_head=LM8H),
+        "rotated gptq sym/128": g("r128s", Q4, rotate="all", lm_head=LM8H),
+        "rotated gptq asym/128 f16": g("r128", H128, rotate="all", lm_head=LM8H),
+        "rotated gptq asym/64 f16": g("r64", H64, rotate="all", lm_head=LM8H),
+        "rotated gptq asym/128 f16, down /32": g("r128d32", H128, ("down", "all", H32), rotate="all",
+                                                 lm_head=LM8H),
+        "rotated INT4 default rules": replace(RECIPES["int4"], name="rint4", rotate="all"),
+        "MLP-rotated INT4 default rules": replace(RECIPES["int4"], name="mint4", rotate="mlp"),
+        "MLP-rotated gptq asym/128 f16": g("m128", H128, rotate="mlp", lm_head=LM8H),
+        "MLP-rotated gptq asym/128": g("m128a", Q4A, rotate="mlp"),
+        "MLP-rotated gptq sym/128": g("m128s", Q4, rotate="mlp"),
+        "MLP-rotated gptq asym/64 f16, gate_up /128": g("m64", H64, ("gate_up", "all", H128), rotate="mlp",
+                                                         lm_head=LM8H),
+        "int4-first (sym/128)": base,
+        "int4-first, accuracy level 0 (fp32 activations)": mk("acc0", accuracy_level=0),
+        "int4-first, fp32 KV cache": mk("kv32", kv_cache="float32"),
+        "int4-first, 8-bit/32 vocabulary": mk("lm32", lm_head=TensorRule(8, 32)),
         "asym/128": mk("asym128", default=Q4A),
         "sym/64": mk("sym64", default=TensorRule(4, 64)),
         "asym/64": mk("asym64", default=TensorRule(4, 64, False)),
