@@ -168,8 +168,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("int4-fast", "GPTQ 4-bit symmetric blocks of 128, down_proj inputs rotated (blocks of 128), "
            "8-bit vocabulary projection, int8 KV cache: the fastest decode", Q4_128, Q8_128,
            method="gptq", rotate="mlp"),
-    Recipe("int4-first", "the first release's INT4: 4-bit symmetric blocks of 128 with an activation-weighted "
-           "scale search, 8-bit vocabulary projection, int8 KV cache", Q4_128, Q8_128),
+    Recipe("int4-first", "the first release's INT4: 4-bit symmetric blocks of 128 with an "
+           "activation-weighted scale search, 8-bit vocabulary projection, int8 KV cache", Q4_128, Q8_128),
 )}
 DEFAULT_RECIPE = {8: "int8", 4: "int4"}
 

@@ -3,8 +3,8 @@ idea of QuaRot and SpinQuant, written here for clova-edge's export layout).
 
 Why: a block's scale is set by its largest weight, and a few input channels of a Llama (the outlier channels
 of the residual stream and of the MLP's hidden units) are much larger than the rest. Mixing the input
-channels with an orthogonal matrix spreads every outlier over all of them, so blocks hold values of one
-size and a large block (cheap to decode) loses little more than a small one. The function is unchanged:
+channels with an orthogonal matrix spreads every outlier over many of them, so blocks hold values of one
+size and lose less to rounding. The function is unchanged:
   - residual stream: h' = h Q (d x d). Every RMSNorm weight g is first folded into the linears that read the
     norm (W <- diag(g) W, g <- 1), which makes the norm commute with Q (RMS is rotation-invariant); those
     linears read the rotated stream through W' = Q^T diag(g) W. The writers of the stream (o_proj,
@@ -17,8 +17,9 @@ The queries, keys and values are left alone (RoPE and the int8 KV cache's per-ch
 commute), so the KV cache and its calibration are untouched. Calibration statistics measured on the
 unrotated graph are carried over exactly (`rotate_statistics`: H' = M^T H M for an input x' = x M).
 
-Q and every factor are randomized Hadamard matrices when the size is a power of two, else random orthogonal
-ones (QR of a Gaussian), from a fixed seed, so a recipe always produces the same graph.
+Q and B are randomized Hadamard matrices when the size is a power of two, else random orthogonal ones (QR
+of a Gaussian), from a fixed seed, so a recipe always produces the same graph. The recipes rotate the MLP
+only ("mlp"); "all" is there for the study that chose that (quant/recipe.py cites it).
 """
 
 from __future__ import annotations
