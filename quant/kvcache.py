@@ -1,4 +1,4 @@
-"""INT8 KV cache: per-channel scales calibrated on the evaluation text, and the GroupQueryAttention rewrite.
+"""INT8 KV cache: per-channel scales calibrated on the calibration text, and the GroupQueryAttention rewrite.
 
 Why: at long context decode reads the whole cache every token. In fp32 that is
 24 x 2 x 8 x 128 x 4 bytes = 196 KB per token of context for HyperCLOVAX (805 MB at 4K), more than the INT4
@@ -6,7 +6,7 @@ weights; int8 quarters it, and onnxruntime's CPU GroupQueryAttention reads an in
 (k_quant_type / v_quant_type PER_CHANNEL, kv_cache_bit_width 8).
 The kernel stores q = round(x / scale) clipped to int8 and reads q * scale (symmetric, checked against
 numpy), with one scale per (kv head, channel) for K (after rotary: what the cache holds) and for V. Scales
-are static, so they are calibrated here: the largest |x| per channel over the evaluation text, times a
+are static, so they are calibrated here: the largest |x| per channel over the calibration text, times a
 margin for text that reaches further.
 """
 
