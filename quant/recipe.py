@@ -15,11 +15,12 @@ from dataclasses import dataclass, field, replace
 
 from clova_edge.runtime.errors import QuantizeError
 
+from .rotate import WHICH as ROTATIONS
+
 METHODS = ("rtn", "search", "act", "gptq")   # see quant/primitives.py (rtn, search), act = search weighted by
 #                                             E[x^2] of the layer's input, gptq = quant/gptq.py
 KV_DTYPES = ("float32", "int8")               # the manifest's names (variants.<name>.kv_dtype)
 LAYER_SETS = ("all", "more_bits", "ends")
-ROTATIONS = ("none", "mlp", "all")            # quant/rotate.py WHICH
 
 
 def _fail(msg: str) -> QuantizeError:
