@@ -62,9 +62,10 @@ def group_size(n: int, largest: int = GROUP) -> int:
 @dataclass
 class StatisticsMap:
     """How calibration statistics of the unrotated graph become those of the rotated one:
-    {new activation name: (old activation name, M)} with x_new = x_old M; M None: same tensor, new name."""
+    {new activation name: (old activation name, M)} with x_new = x_old M; M None: same tensor, new name;
+    M ("blocks", B): the block-diagonal I (x) B."""
 
-    entries: dict[str, tuple[str, np.ndarray | None]] = field(default_factory=dict)
+    entries: dict[str, tuple[str, np.ndarray | tuple[str, np.ndarray] | None]] = field(default_factory=dict)
 
 
 def _cov(h: np.ndarray, m: np.ndarray | tuple[str, np.ndarray] | None) -> np.ndarray:

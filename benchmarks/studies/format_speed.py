@@ -18,12 +18,11 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
-
-from dataclasses import replace
 
 from clova_edge.quant.recipe import RECIPES, Recipe, TensorRule
 from clova_edge.quant.rewrite import rewrite_model
