@@ -59,6 +59,8 @@ import sys, onnx  # the strict check's graph: the same INT4 weights, MatMulNBits
 from onnx import TensorProto  # and a float KV cache (an int8 cache rounds x/scale: a 1e-7 difference can flip a level)
 folder = sys.argv[1]
 m = onnx.load(f"{folder}/model.int4.onnx", load_external_data=False)
+from clova_edge.quant.prefill_attention import strip_prefill_attention
+strip_prefill_attention(m)  # one int8 GroupQueryAttention per layer again (prompt chunks take its float path)
 for a in (a for n in m.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"):
     a.i = 0
 scales = set()

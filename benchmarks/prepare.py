@@ -90,7 +90,16 @@ def clova_model(hf: Path, out: Path, logs: Path, say: Callable[[str], None],
         if _stale(out, settings):
             say(f"  quantizing {out.name} with the current recipe {settings.recipe.name}")
             quantize_model_folder(out, settings)
+        _upgrade(out, settings, say)
     return out
+
+
+def _upgrade(folder: Path, settings, say: Callable[[str], None]) -> None:
+    """Same weights, current graph layout (quant/apply.py upgrade_prompt_attention)."""
+    from clova_edge.quant.apply import upgrade_prompt_attention
+
+    if upgrade_prompt_attention(folder, settings.recipe.variant):
+        say(f"  {folder.name}: {settings.recipe.variant} graph given the float prompt-attention path")
 
 
 def _stale(folder: Path, settings) -> bool:
@@ -114,6 +123,7 @@ def extra_recipe_folder(folder: Path, recipe: str, say: Callable[[str], None]) -
     if not (out / "manifest.json").is_file():
         say(f"  quantizing {folder.name} with recipe {recipe}")
         quantize_model_folder(folder, settings, out_folder=out)
+    _upgrade(out, settings, say)
     return out
 
 

@@ -3,7 +3,8 @@ QuantSettings.
 
 Steps: read the fp32 graph and weights; measure the calibration statistics the recipe's method needs
 (quant/calibrate.py, on the calibration text only); rewrite the graph (quant/rewrite.py); switch the KV
-cache to int8 with calibrated scales if the recipe says so (quant/kvcache.py); write model.int{4,8}.onnx +
+cache to int8 with calibrated scales if the recipe says so (quant/kvcache.py), with prompt chunks attending
+in float (quant/prefill_attention.py); write model.int{4,8}.onnx +
 .onnx.data into a temporary folder; evaluate it against fp32 on the held-out texts (quant/report.py); then
 rename the files into place and replace manifest.json last (runtime/manifest.py writes it), so a crash
 never leaves a half-listed variant.
@@ -25,6 +26,7 @@ from clova_edge.runtime.errors import ClovaEdgeError, ManifestError, QuantizeErr
 
 from . import calibrate as C
 from .kvcache import calibrate_kv_scales, rewrite_int8_kv
+from .prefill_attention import LAYOUT, rewrite_prefill_attention
 from .recipe import QuantSettings
 from .report import TOKENS_PER_TEXT, evaluation_ids, format_table, quality_report
 from .rewrite import Progress, rewrite_model, summarize
@@ -117,6 +119,7 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
     if recipe.kv_cache == "int8":
         say("calibration: int8 KV cache scales")
         rewrite_int8_kv(qmodel, calibrate_kv_scales(manifest, ids, threads=settings.threads))
+        rewrite_prefill_attention(qmodel)
     quant_seconds = time.perf_counter() - t0
     name = recipe.variant
     onnx_name, data_name = f"model.{name}.onnx", f"model.{name}.onnx.data"
@@ -137,6 +140,7 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
             "block_size": recipe.default.block_size, "symmetric": recipe.default.symmetric,
             "method": recipe.method, "rotate": recipe.rotate, "accuracy_level": recipe.accuracy_level,
             "kv_cache": recipe.kv_cache,
+            **({"prompt_attention": LAYOUT} if recipe.kv_cache == "int8" else {}),
             "lm_head": None if recipe.lm_head is None else recipe.lm_head.describe(),
             "calibration": {"files": list(C.CALIBRATION_FILES), "tokens": None if ids is None else len(ids)},
             "seconds": round(quant_seconds, 1), **summarize(records), "tensors": records}
@@ -156,6 +160,36 @@ def quantize_model_folder(folder: Path, settings: QuantSettings | int, *, out_fo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return entry
+
+
+def upgrade_prompt_attention(folder: Path, name: str) -> bool:
+    """Give variant `name` of a folder quantized before quant/prefill_attention.py its float prompt path.
+    Only the graph file changes (the weights file and every number in it stay as they are); it is written
+    beside the old one and renamed over it, then the manifest. Returns False when there is nothing to do."""
+    folder = Path(folder)
+    raw = mf.read_raw(folder)
+    entry = raw["variants"].get(name) or {}
+    q = entry.get("quantization") or {}
+    if q.get("kv_cache") != "int8" or q.get("prompt_attention") == LAYOUT:
+        return False
+    model = onnx.load(str(folder / entry["file"]), load_external_data=False)
+    if not rewrite_prefill_attention(model):
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{entry['file']}.", dir=folder)
+    os.close(fd)
+    try:
+        onnx.save_model(model, tmp)       # external-data references are kept: same weights file, same offsets
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / entry["file"])
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    graph = folder / entry["file"]
+    entry["quantization"] = {**q, "prompt_attention": LAYOUT}
+    entry["size_bytes"] = graph.stat().st_size + sum((folder / f).stat().st_size for f in entry["data_files"])
+    raw["files"] = {**(raw.get("files") or {}), entry["file"]: mf.file_entry(graph)}
+    mf.write_manifest(folder, raw)
+    return True
 
 
 def _install(folder: Path, tmp: Path, target: Path, new_folder: bool, manifest: mf.Manifest, name: str,

@@ -16,7 +16,10 @@ def test_int8_kv_cache_variant_runs_and_stays_close(tiny_model_dir, tmp_path):
     assert entry["kv_dtype"] == "int8" and entry["quantization"]["kv_cache"] == "int8"
     assert entry["memory_estimate"]["kv_cache_bytes"] * 4 == (2 * 2 * 2 * 64 * 4 * 4096)
     graph = onnx.load(str(folder / entry["file"]), load_external_data=False).graph
-    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    # decode runs the int8 kernel in each If's else branch (prompt chunks: tests/test_prefill_attention.py)
+    gqa = [b.g.node[0] for n in graph.node if n.op_type == "If"
+           for b in n.attribute if b.name == "else_branch"]
+    assert len(gqa) == 2 and all(n.op_type == "GroupQueryAttention" for n in gqa)
     assert gqa and all({a.name for a in n.attribute} >= {"k_quant_type", "v_quant_type", "kv_cache_bit_width"}
                        for n in gqa)
     past = [i for i in graph.input if i.name.startswith("past")]
