@@ -4,7 +4,8 @@ quantize_model_folder(folder, QuantSettings | bits, ...) is the entry point the 
 `clova-edge quantize` call; a QuantSettings holds a named Recipe (quant/recipe.py). Modules, bottom up:
 primitives (numpy codes), gptq, plan (what a graph holds), recipe (what each tensor becomes), calibrate
 (statistics on the calibration text), rotate (an exact rotation that spreads outliers), rewrite (the graph),
-kvcache (int8 cache), report (held-out evaluation), apply (the folder).
+kvcache (int8 cache), prefill_attention (prompt chunks attend in float over it), report (held-out
+evaluation), apply (the folder).
 """
 
 from .apply import quantize_model_folder

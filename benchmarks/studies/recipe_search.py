@@ -101,6 +101,13 @@ def candidates() -> dict[str, Recipe]:
                                                       method="gptq", overrides=DV8),
         "gptq asym/128 + down 8-bit (more_bits)": mk("g2", default=Q4A, method="gptq",
                                                      overrides=(("down", "more_bits", Q8),)),
+        # the INT8 study (fp32 KV cache, as the int8 variant has)
+        "int8 default (act-searched 8-bit/32)": RECIPES["int8"],
+        "int8 rtn 8-bit/32": replace(RECIPES["int8"], name="i8rtn", method="rtn"),
+        "int8 gptq 8-bit/32": replace(RECIPES["int8"], name="i8g", method="gptq"),
+        "int8 gptq 8-bit/64": replace(RECIPES["int8"], name="i8g64", method="gptq", default=TensorRule(8, 64)),
+        "int8 gptq 8-bit/32 f16 scales": replace(RECIPES["int8"], name="i8g16", method="gptq",
+                                                 default=TensorRule(8, 32, True, 16)),
     }
 
 
