@@ -168,8 +168,8 @@ def run_section(rows: Sequence[ServedRow], logs: Path, say: Callable[[str], None
                 streams: tuple[int, ...] = serving.STREAMS, max_tokens: int = serving.MAX_TOKENS,
                 threads: int = 2, save: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Measure `rows` into results["serving"] (the spec and one record per server), calling save() after
-    each. resume: rows already there without an error are kept, not measured again (bench.py --resume);
-    only: substrings of the labels to run."""
+    each. resume: rows already there without an error are kept, not measured again, unless `only` names
+    them (bench.py --resume); only: substrings of the labels to run."""
     old = results.get("serving", {}).get("rows", {}) if resume else {}
     section = results["serving"] = {
         "spec": {"streams": list(streams), "max_tokens": max_tokens, "prompts": len(serving.PROMPTS),
@@ -177,7 +177,7 @@ def run_section(rows: Sequence[ServedRow], logs: Path, say: Callable[[str], None
     for row in rows:
         if not selected(row.label, only):
             continue
-        if "error" not in section["rows"].get(row.label, {"error": "not run"}):
+        if not only and "error" not in section["rows"].get(row.label, {"error": "not run"}):
             continue
         say(f"[serving] {row.label} at {', '.join(map(str, streams))} streams ...")
         rec = section["rows"][row.label] = measure_row(row, logs, streams, max_tokens)

@@ -12,9 +12,11 @@ for 512 on top of 1,536), so on long prompts attention outweighed the weights. T
   and the rows after, so the buffer keeps its shape and bound identity).
 
 The prompt branch computes what the int8 kernel computes (round half to even, clip to [-128, 127], attend
-over dequantized keys and values): outputs and cache bytes were equal to the last bit in the study that chose
-this (see tests/test_prefill_attention.py). A prompt chunk assumes every row of the batch has the same past
-length, which holds for clova-edge's prompts (one sequence per prefill).
+over dequantized keys and values): on one layer outputs and cache bytes are equal to the last bit
+(benchmarks/studies/prompt_attention.py, which measured the times above); through a whole model the float
+kernel's summation order moves a few values across an int8 rounding boundary (tests/test_prefill_attention.py
+bounds it). A prompt chunk assumes every row of the batch has the same past length, which holds for
+clova-edge's prompts (one sequence per prefill).
 """
 
 from __future__ import annotations

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto as TP
-from onnx import helper, numpy_helper
 
+from clova_edge.benchmarks.studies.prompt_attention import Layer, attention_graph, rewritten
 from clova_edge.quant.apply import quantize_model_folder, upgrade_prompt_attention
 from clova_edge.quant.prefill_attention import LAYOUT, rewrite_prefill_attention, strip_prefill_attention
 from clova_edge.runtime.manifest import load_manifest, read_raw, verify_files, write_manifest
@@ -21,74 +19,18 @@ from clova_edge.runtime.model import PREFILL_CHUNK, OnnxModel
 H, KVH, D, POSITIONS = 4, 2, 32, 64
 
 
-def _toy_attention() -> onnx.ModelProto:
-    """One int8-cache GroupQueryAttention with the export's input names, packed QKV fed directly."""
-    rng = np.random.default_rng(0)
-    angles = np.arange(POSITIONS)[:, None] / 10000 ** (np.arange(0, D, 2) / D)[None]
-    inits = [numpy_helper.from_array(np.cos(angles).astype(np.float32), "cos"),
-             numpy_helper.from_array(np.sin(angles).astype(np.float32), "sin"),
-             numpy_helper.from_array((rng.random(KVH * D) * 0.02 + 0.005).astype(np.float32), "ks"),
-             numpy_helper.from_array((rng.random(KVH * D) * 0.02 + 0.005).astype(np.float32), "vs")]
-    inputs = ["qkv", "", "", "past_key_values.0.key", "past_key_values.0.value", "seqlens_k",
-              "total_sequence_length", "cos", "sin", "", "", "", "ks", "vs"]
-    gqa = helper.make_node("GroupQueryAttention", inputs,
-                           ["out", "present.0.key", "present.0.value"], domain="com.microsoft", num_heads=H,
-                           kv_num_heads=KVH, do_rotary=1, scale=D ** -0.5, k_quant_type="PER_CHANNEL",
-                           v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
-    cache = [1, KVH, "capacity", D]
-    graph = helper.make_graph([gqa], "toy", [
-        helper.make_tensor_value_info("input_ids", TP.INT64, [1, "S"]),
-        helper.make_tensor_value_info("qkv", TP.FLOAT, [1, "S", (H + 2 * KVH) * D]),
-        helper.make_tensor_value_info("past_key_values.0.key", TP.INT8, cache),
-        helper.make_tensor_value_info("past_key_values.0.value", TP.INT8, cache),
-        helper.make_tensor_value_info("seqlens_k", TP.INT32, [1]),
-        helper.make_tensor_value_info("total_sequence_length", TP.INT32, [])], [
-        helper.make_tensor_value_info("out", TP.FLOAT, None),
-        helper.make_tensor_value_info("present.0.key", TP.INT8, None),
-        helper.make_tensor_value_info("present.0.value", TP.INT8, None)], inits)
-    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets)
-
-
-class _Toy:
-    """A session over the toy graph with its cache bound in place, as runtime/model.py binds it."""
-
-    def __init__(self, model: onnx.ModelProto, capacity: int = POSITIONS):
-        self.session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        self.k, self.v = (np.zeros((1, KVH, capacity, D), np.int8) for _ in range(2))
-        self.length = 0
-
-    def run(self, qkv: np.ndarray) -> np.ndarray:
-        s = qkv.shape[1]
-        io, total = self.session.io_binding(), self.length + s
-        io.bind_cpu_input("input_ids", np.zeros((1, s), np.int64))
-        io.bind_cpu_input("qkv", qkv)
-        io.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
-        io.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        for name, a in (("past_key_values.0.key", self.k), ("past_key_values.0.value", self.v)):
-            value = ort.OrtValue.ortvalue_from_numpy(a)
-            io.bind_ortvalue_input(name, value)
-            io.bind_ortvalue_output(name.replace("past_key_values", "present"), value)
-        io.bind_output("out")
-        self.session.run_with_iobinding(io)
-        self.length = total
-        return io.get_outputs()[0].numpy()
-
-
 def test_prompt_branch_computes_what_the_int8_kernel_computes():
     """Chunks at past 0 and past 9, then decode steps: same outputs, same cache bytes (measured equal to the
     bit; a difference of one int8 level is allowed for float rounding in another kernel)."""
-    base = _toy_attention()
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(base)
-    assert rewrite_prefill_attention(rewritten) == 1
-    assert rewrite_prefill_attention(rewritten) == 0                       # idempotent
-    assert [n.op_type for n in rewritten.graph.node][-1] == "If"
-    ref, new = _Toy(base), _Toy(rewritten)
+    base = attention_graph(H, KVH, D, POSITIONS)
+    new_graph = rewritten(base)
+    assert rewrite_prefill_attention(new_graph) == 0                       # idempotent
+    assert [n.op_type for n in new_graph.graph.node][-1] == "If"
+    ref, new = Layer(base, POSITIONS), Layer(new_graph, POSITIONS)
     rng = np.random.default_rng(1)
     for s in (9, 13, 1, 1, 1, 5):
         qkv = rng.standard_normal((1, s, (H + 2 * KVH) * D)).astype(np.float32)
-        a, b = ref.run(qkv), new.run(qkv)
+        (a, _), (b, _) = ref.run(qkv), new.run(qkv)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
         for x, y in ((ref.k, new.k), (ref.v, new.v)):
             diff = np.abs(x.astype(np.int16) - y.astype(np.int16))

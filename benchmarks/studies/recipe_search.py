@@ -105,7 +105,8 @@ def candidates() -> dict[str, Recipe]:
         "int8 default (act-searched 8-bit/32)": RECIPES["int8"],
         "int8 rtn 8-bit/32": replace(RECIPES["int8"], name="i8rtn", method="rtn"),
         "int8 gptq 8-bit/32": replace(RECIPES["int8"], name="i8g", method="gptq"),
-        "int8 gptq 8-bit/64": replace(RECIPES["int8"], name="i8g64", method="gptq", default=TensorRule(8, 64)),
+        "int8 gptq 8-bit/64": replace(RECIPES["int8"], name="i8g64", method="gptq",
+                                      default=TensorRule(8, 64)),
         "int8 gptq 8-bit/32 f16 scales": replace(RECIPES["int8"], name="i8g16", method="gptq",
                                                  default=TensorRule(8, 32, True, 16)),
     }
