@@ -15,8 +15,8 @@ The prompt branch computes what the int8 kernel computes (round half to even, cl
 over dequantized keys and values), to float rounding: the two kernels sum in different orders, so a value
 on an int8 rounding boundary may round the other way (benchmarks/studies/prompt_attention.py, which measured
 the times above: 2-4 of 8 M cache bytes one level apart on one full-size layer, outputs within 7e-4;
-tests/test_prefill_attention.py bounds it through a whole model). A prompt chunk assumes every row of the batch has the same past length, which holds for
-clova-edge's prompts (one sequence per prefill).
+tests/test_prefill_attention.py bounds it through a whole model). A prompt chunk assumes every row of the
+batch has the same past length, which holds for clova-edge's prompts (one sequence per prefill).
 """
 
 from __future__ import annotations
