@@ -27,14 +27,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from clova_edge.runtime import manifest as mf
 
+from .plan import attr
+
 PREFIX = "prefill_attention."     # every name this rewrite adds starts with it
 LAYOUT = "float-prompt-1"          # the manifest records it (quantization.prompt_attention)
 _Q, _PK, _PV, _SL, _TOT, _COS, _SIN, _KS, _VS = 0, 3, 4, 5, 6, 7, 8, 12, 13   # GroupQueryAttention slots
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    a = next((a for a in node.attribute if a.name == name), None)
-    return default if a is None else helper.get_attribute_value(a)
 
 
 def _constants(heads: int, kv_heads: int, head_dim: int) -> list[onnx.TensorProto]:
@@ -49,7 +46,7 @@ def _constants(heads: int, kv_heads: int, head_dim: int) -> list[onnx.TensorProt
 
 def _prompt_branch(gqa: onnx.NodeProto, p: str) -> onnx.GraphProto:
     """The float path for a chunk of S > 1 new tokens; `p` prefixes its names (unique per layer)."""
-    heads, kv_heads = _attr(gqa, "num_heads"), _attr(gqa, "kv_num_heads")
+    heads, kv_heads = attr(gqa, "num_heads", None), attr(gqa, "kv_num_heads", None)
     i, c, n = gqa.input, (lambda k: PREFIX + k), helper.make_node
     nodes = [n("Shape", [i[_Q]], [p + "s"], start=1, end=2),                        # [S]
              n("Cast", [i[_TOT]], [p + "tot64"], to=TensorProto.INT64),
@@ -60,9 +57,9 @@ def _prompt_branch(gqa: onnx.NodeProto, p: str) -> onnx.GraphProto:
              n("Unsqueeze", [p + "pos0", c("zero")], [p + "pos"]),                    # (1, S) positions
              n("Split", [i[_Q], c("split")], [p + "q", p + "k", p + "v"], axis=2),
              n("RotaryEmbedding", [p + "q", p + "pos", i[_COS], i[_SIN]], [p + "qr"], domain="com.microsoft",
-               interleaved=_attr(gqa, "rotary_interleaved", 0), num_heads=heads),
+               interleaved=attr(gqa, "rotary_interleaved", 0), num_heads=heads),
              n("RotaryEmbedding", [p + "k", p + "pos", i[_COS], i[_SIN]], [p + "kr"], domain="com.microsoft",
-               interleaved=_attr(gqa, "rotary_interleaved", 0), num_heads=kv_heads)]
+               interleaved=attr(gqa, "rotary_interleaved", 0), num_heads=kv_heads)]
     for x, new, past, scale in (("k", p + "kr", i[_PK], i[_KS]), ("v", p + "v", i[_PV], i[_VS])):
         q = p + x
         nodes += [n("Div", [new, scale], [q + ".div"]), n("Round", [q + ".div"], [q + ".round"]),
@@ -102,7 +99,7 @@ def _decode_branch(gqa: onnx.NodeProto, p: str) -> onnx.GraphProto:
 
 
 def is_int8_gqa(node: onnx.NodeProto) -> bool:
-    return node.op_type == "GroupQueryAttention" and _attr(node, "kv_cache_bit_width", 0) == 8
+    return node.op_type == "GroupQueryAttention" and attr(node, "kv_cache_bit_width", 0) == 8
 
 
 def rewrite_prefill_attention(model: onnx.ModelProto) -> int:
@@ -113,7 +110,7 @@ def rewrite_prefill_attention(model: onnx.ModelProto) -> int:
     if not targets or any(i.name.startswith(PREFIX) for i in g.initializer):
         return 0
     first = g.node[targets[0]]
-    g.initializer.extend(_constants(_attr(first, "num_heads"), _attr(first, "kv_num_heads"),
+    g.initializer.extend(_constants(attr(first, "num_heads", None), attr(first, "kv_num_heads", None),
                                     _head_dim(g, first.input[_PK])))
     cond = [helper.make_node("Shape", [mf.INPUT_IDS], [PREFIX + "new_tokens"], start=1, end=2),
             helper.make_node("Greater", [PREFIX + "new_tokens", PREFIX + "one"], [PREFIX + "prompt1"]),
